@@ -1,0 +1,155 @@
+"""Distillation losses: logit KD and AME (Aligned Manifold Entropy).
+
+Each loss is a small ``nn.Module`` whose ``__init__`` takes scalars only and whose ``forward``
+takes tensors and returns a dict of named terms, so a training loop can sum and log any mix.
+Teacher outputs are passed in; no loss owns a model.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGE_PROJECTIONS = ("linear", "conv1d")
+
+
+def entropy(logits: Tensor, dim: int = -1) -> Tensor:
+    """Shannon entropy (nats) of ``softmax(logits)`` along ``dim``, computed from ``log_softmax``.
+
+    Using ``p * log_softmax`` instead of ``p * log(p)`` keeps every term finite for finite
+    logits: a probability that underflows to 0 multiplies a finite log-probability, never -inf.
+    """
+    log_p = F.log_softmax(logits, dim=dim)
+    return -(log_p.exp() * log_p).sum(dim=dim)
+
+
+def manifold_entropy(image_rows: Tensor, text_rows: Tensor) -> Tensor:
+    """Entropy of the shared manifold ``M = [text_rows; image_rows]`` of shape (C + B, D).
+
+    Each row is scored by its feature-wise mean and ``p = softmax`` over the C + B rows, so the
+    result is a scalar in ``[0, log(C + B)]``; it reaches ``log(C + B)`` when all scores are equal.
+    """
+    if image_rows.dim() != 2 or text_rows.dim() != 2:
+        raise ValueError(
+            f"image_rows and text_rows must be 2-D (rows, width); got shapes "
+            f"{tuple(image_rows.shape)} and {tuple(text_rows.shape)}"
+        )
+    if image_rows.shape[1] != text_rows.shape[1]:
+        raise ValueError(
+            f"image_rows and text_rows must share the manifold width; got "
+            f"{image_rows.shape[1]} and {text_rows.shape[1]}"
+        )
+    manifold = torch.cat([text_rows, image_rows], dim=0)
+    return entropy(manifold.mean(dim=1), dim=0)
+
+
+class KDLoss(nn.Module):
+    """Soft-label knowledge distillation (Hinton et al., 2015).
+
+    ``kd_loss = tau**2 * KL(softmax(t / tau) || softmax(s / tau))`` with ``batchmean`` reduction:
+    the KL is summed over classes and averaged over samples, which is the true KL divergence per
+    sample (``reduction="mean"`` would also divide by the number of classes). The ``tau**2``
+    factor keeps gradient magnitudes roughly independent of the temperature.
+
+    Parameters
+    ----------
+    temperature : float, default 1.0
+        Softmax temperature ``tau``; finite and > 0. Typical range 1 to 8.
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+        """Return ``{"kd_loss": scalar}``; teacher logits are detached (treated as constants).
+
+        Both inputs have shape (B, C). Both distributions are taken in log space, so the loss
+        is finite even when probabilities underflow to zero (e.g. logits of +-1e4).
+        """
+        if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student_logits and teacher_logits must both have shape (B, C); got "
+                f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+            )
+        tau = self.temperature
+        log_p_student = F.log_softmax(student_logits / tau, dim=1)
+        log_p_teacher = F.log_softmax(teacher_logits.detach() / tau, dim=1)
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+        return {"kd_loss": tau**2 * kl}
+
+
+class AMELoss(nn.Module):
+    """Aligned Manifold Entropy: an entropy regularizer on a small shared manifold.
+
+    Student image features (B, Di) and class text features (C, Dt) are projected into a shared
+    space of width ``manifold_dim`` (the reconfigured shared manifold, RSM). The projected rows
+    are concatenated into ``M`` of shape (C + B, manifold_dim); each row is scored by its
+    feature-wise mean, ``p = softmax`` over the C + B rows and ``H(M) = -sum p log p``. The
+    loss is ``weight * H``: one scalar per batch (no per-sample reduction, because the softmax
+    couples all rows). Inputs are used as given and gradients flow to them.
+
+    Parameters
+    ----------
+    image_dim : int
+        Width Di of the image features; > 0.
+    text_dim : int
+        Width Dt of the text features; > 0.
+    manifold_dim : int, default 64
+        Width of the shared manifold; > 0. Typical range 16 to 256.
+    hidden_dim : int, default 256
+        Hidden width of the text projection MLP; > 0.
+    weight : float, default 50.0
+        Multiplier omega of the entropy; finite and >= 0. The paper default is 50.
+    image_projection : {"linear", "conv1d"}, default "linear"
+        ``"linear"``: ``Linear(image_dim, manifold_dim)``. ``"conv1d"``: the feature vector is
+        read as a 1-channel signal, passed through ``Conv1d(1, 1, kernel_size=3, stride=2,
+        padding=1)`` and average-pooled to ``manifold_dim`` (fewer parameters).
+    """
+
+    def __init__(self, image_dim: int, text_dim: int, manifold_dim: int = 64,
+                 hidden_dim: int = 256, weight: float = 50.0, image_projection: str = "linear"):
+        super().__init__()
+        for name, value in [("image_dim", image_dim), ("text_dim", text_dim),
+                            ("manifold_dim", manifold_dim), ("hidden_dim", hidden_dim)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be finite and >= 0, got {weight!r}")
+        if image_projection not in IMAGE_PROJECTIONS:
+            raise ValueError(
+                f"unknown image_projection {image_projection!r}; valid names: "
+                f"{', '.join(IMAGE_PROJECTIONS)}"
+            )
+        self.image_dim, self.text_dim, self.manifold_dim = image_dim, text_dim, manifold_dim
+        self.weight = float(weight)
+        self.text_projection = nn.Sequential(
+            nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, manifold_dim)
+        )
+        if image_projection == "linear":
+            self.image_projection = nn.Linear(image_dim, manifold_dim)
+        else:
+            self.image_projection = nn.Sequential(
+                nn.Unflatten(1, (1, image_dim)),  # (B, Di) -> (B, 1, Di)
+                nn.Conv1d(1, 1, kernel_size=3, stride=2, padding=1),
+                nn.AdaptiveAvgPool1d(manifold_dim),
+                nn.Flatten(1),  # (B, 1, manifold_dim) -> (B, manifold_dim)
+            )
+
+    def forward(self, image_features: Tensor, text_features: Tensor) -> dict[str, Tensor]:
+        """Return ``{"ame_loss": weight * H, "manifold_entropy": H.detach()}``.
+
+        ``image_features`` has shape (B, image_dim) and ``text_features`` (C, text_dim).
+        """
+        for name, x, width in [("image_features", image_features, self.image_dim),
+                               ("text_features", text_features, self.text_dim)]:
+            if x.dim() != 2 or x.shape[1] != width:
+                raise ValueError(
+                    f"{name} must have shape (rows, {width}); got {tuple(x.shape)}"
+                )
+        h = manifold_entropy(self.image_projection(image_features),
+                             self.text_projection(text_features))
+        return {"ame_loss": self.weight * h, "manifold_entropy": h.detach()}
