@@ -63,6 +63,7 @@ def logit_kd(student, images, teacher_logits: torch.Tensor, class_vectors: torch
     modules = [student.visual]
     ame = None
     if config.uses_ame:
+        torch.manual_seed(config.optim.seed)  # AME's projections start the same for the same seed
         width = class_vectors.shape[1]
         ame = AMELoss(image_dim=width, text_dim=width, manifold_dim=config.ame_manifold_dim,
                       hidden_dim=config.ame_hidden_dim, weight=config.ame_weight).to(device)

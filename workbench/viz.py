@@ -6,6 +6,7 @@ self-contained file with plotly.js inlined, because the workbench is used offlin
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +18,7 @@ PROJECTION_METHODS = ("umap", "pca")
 
 def _require(module: str, purpose: str):
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError as err:
         raise ImportError(f"{purpose} needs the package {module!r}; install the workbench with its "
                           "dependencies (pip install -e .)") from err
