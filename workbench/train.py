@@ -187,7 +187,7 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 optimizer.step()
                 scheduler.step()
                 record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
-                          "loss": float(loss), **{k: float(v) for k, v in terms.items()}}
+                          "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
                 history.append(record)
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")

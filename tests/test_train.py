@@ -1,0 +1,149 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workbench import recipes, zoo
+from workbench.train import OptimConfig, cosine_schedule, encode_images, fit, select_device
+
+
+def _world_like(n=64, classes=4, seed=0):
+    """Images whose class is their dominant colour channel pattern: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 60, (n, 32, 32, 3)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, :, :, label % 3] += 150
+        if label >= 3:
+            images[i, :16] = 255 - images[i, :16]
+    return images, labels
+
+
+def test_optim_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="lr must be finite"):
+        OptimConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        OptimConfig(lr=0.0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        OptimConfig(batch_size=0)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        OptimConfig(warmup_fraction=1.0)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    f = cosine_schedule(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fit_minimises_summed_loss_terms_and_logs_every_step(tmp_path):
+    torch.manual_seed(0)
+    target = torch.randn(32, 3)
+    layer = torch.nn.Linear(3, 3)
+    inputs = torch.randn(32, 3)
+
+    def step_loss(idx):
+        out = layer(inputs[idx])
+        return {"mse_loss": (out - target[idx]).pow(2).mean(), "monitor": out.detach().abs().mean()}
+
+    log = tmp_path / "log.jsonl"
+    history = fit([layer], step_loss, 32, OptimConfig(epochs=30, batch_size=8, lr=0.05, weight_decay=0.0),
+                  torch.device("cpu"), log_path=log)
+    assert len(history) == 30 * 4
+    assert history[-1]["mse_loss"] < 0.5 * history[0]["mse_loss"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(120))
+    assert {"epoch", "lr", "loss", "mse_loss", "monitor"} <= set(records[0])
+    # Only "*_loss" terms enter the objective.
+    assert records[0]["loss"] == pytest.approx(records[0]["mse_loss"])
+    assert not layer.training
+
+
+def test_fit_stops_on_non_finite_loss_naming_the_step():
+    p = torch.nn.Parameter(torch.ones(1))
+    holder = torch.nn.ParameterList([p])
+
+    def step_loss(idx):
+        return {"bad_loss": p.sum() * (float("inf") if len(idx) else 1.0)}
+
+    with pytest.raises(FloatingPointError, match="non-finite loss at epoch 0, step 0"):
+        fit([holder], step_loss, 4, OptimConfig(epochs=1, batch_size=4), torch.device("cpu"))
+
+
+def test_select_device_auto_is_cpu_here():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device("auto").type == expected
+    assert select_device("cpu").type == "cpu"
+
+
+def _teacher_logits(images, labels, classes):
+    logits = torch.full((len(images), classes), -2.0)
+    logits[torch.arange(len(images)), torch.as_tensor(labels)] = 4.0
+    return logits
+
+
+@pytest.mark.parametrize("ame_weight", [0.0, 50.0])
+def test_logit_kd_lowers_kd_loss_with_and_without_ame(tmp_path, student_and_tokenizer, ame_weight):
+    import copy
+
+    base_model, _ = student_and_tokenizer
+    student = copy.deepcopy(base_model)
+    images, labels = _world_like()
+    class_vectors = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(1)), dim=-1)
+    teacher = _teacher_logits(images, labels, 4)
+    settings = recipes.DistillConfig(ame_weight=ame_weight,
+                                     optim=OptimConfig(epochs=8, batch_size=16, lr=2e-3, warmup_fraction=0.0))
+    text_before = {k: v.clone() for k, v in student.text.state_dict().items()}
+    history = recipes.logit_kd(student, images, teacher, class_vectors, settings, torch.device("cpu"),
+                               log_path=tmp_path / "kd.jsonl")
+    first, last = np.mean([h["kd_loss"] for h in history[:4]]), np.mean([h["kd_loss"] for h in history[-4:]])
+    assert last < 0.7 * first
+    assert ("manifold_entropy" in history[0]) == (ame_weight > 0)
+    if ame_weight:
+        assert history[0]["ame_loss"] == pytest.approx(ame_weight * history[0]["manifold_entropy"], rel=1e-5)
+        assert history[0]["loss"] == pytest.approx(history[0]["kd_loss"] + history[0]["ame_loss"], rel=1e-5)
+        assert history[-1]["manifold_entropy"] < history[0]["manifold_entropy"]
+    # The backbone's text tower is untouched: AME changes training, not the architecture.
+    for k, v in student.text.state_dict().items():
+        assert torch.equal(v, text_before[k])
+
+
+def test_logit_kd_checks_shapes(student_and_tokenizer):
+    model, _ = student_and_tokenizer
+    images, labels = _world_like(8)
+    with pytest.raises(ValueError, match="8 images but 7 rows"):
+        recipes.logit_kd(model, images, torch.zeros(7, 4), torch.zeros(4, 384), recipes.DistillConfig(),
+                         torch.device("cpu"))
+
+
+def test_zoo_pretrains_once_then_loads_from_cache(tmp_path):
+    from workbench.world import WorldSpec, generate_split
+
+    split = generate_split(WorldSpec(), "pretrain", 96, seed=0)
+    config = zoo.PretrainConfig(model="embedded-vit-student", num_images=96,
+                                optim=OptimConfig(epochs=2, batch_size=32, lr=2e-3))
+    model, _, info = zoo.load_or_pretrain(config, split, "test-world", tmp_path, torch.device("cpu"))
+    assert not info["from_cache"] and info["steps"] == 6
+    again, _, info2 = zoo.load_or_pretrain(config, split, "test-world", tmp_path, torch.device("cpu"))
+    assert info2["from_cache"] and info2["key"] == info["key"]
+    x = split.images[:4]
+    torch.testing.assert_close(encode_images(again, x), encode_images(model, x))
+    # Any change to what shapes the weights changes the key.
+    other = zoo.PretrainConfig(model="embedded-vit-student", num_images=96,
+                               optim=OptimConfig(epochs=3, batch_size=32, lr=2e-3))
+    assert zoo.cache_key(other, "test-world") != info["key"]
+    assert zoo.cache_key(config, "other-world") != info["key"]
+
+
+def test_pretrain_rejects_more_images_than_the_split_has(tmp_path, student_and_tokenizer):
+    from workbench.world import WorldSpec, generate_split
+
+    model, tokenizer = student_and_tokenizer
+    split = generate_split(WorldSpec(), "pretrain", 10, seed=0)
+    with pytest.raises(ValueError, match="num_images=20 exceeds the 10 samples"):
+        zoo.pretrain(model, tokenizer, split, zoo.PretrainConfig("embedded-vit-student", 20), torch.device("cpu"))
