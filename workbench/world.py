@@ -107,15 +107,15 @@ class WorldSpec:
     ambiguous_fraction: float = 0.25  # share of samples rendered between two classes, in [0, 1]
     max_ambiguity: float = 0.45  # partner weight a ~ U(0, max], max <= 0.45 keeps the label the majority
     colour_ambiguity_share: float = 0.5  # of ambiguous samples, share blended in colour (rest: shape)
-    size_range: tuple[float, float] = (0.22, 0.34)  # shape radius, fraction of image_size
-    position_range: float = 0.15  # max centre offset from the image centre, fraction of image_size
-    rotation_range: float = 30.0  # max rotation either way, degrees
+    size_range: tuple[float, float] = (0.24, 0.36)  # shape radius, fraction of image_size
+    position_range: float = 0.12  # max centre offset from the image centre, fraction of image_size
+    rotation_range: float = 15.0  # max rotation either way, degrees
     brightness_jitter: float = 20.0  # max background brightness shift either way, 0..255 units
     colour_jitter: float = 12.0  # max per-channel shift of the shape colour, 0..255 units
-    texture_strength: float = 0.35  # how much stripes/speckles darken the shape, in [0, 1]
+    texture_strength: float = 0.25  # how much stripes/speckles darken the shape, in [0, 1]
     stripe_period: float = 4.0  # stripe period in pixels
-    noise_range: tuple[float, float] = (0.0, 8.0)  # std of per-pixel RGB noise, 0..255 units
-    occlusion_prob: float = 0.15  # chance of a grey bar across the shape
+    noise_range: tuple[float, float] = (0.0, 6.0)  # std of per-pixel RGB noise, 0..255 units
+    occlusion_prob: float = 0.10  # chance of a grey bar across the shape
     occlusion_width: tuple[float, float] = (0.08, 0.14)  # bar width, fraction of image_size
 
     def __post_init__(self):
@@ -156,11 +156,15 @@ def _validate(s: WorldSpec) -> None:
     _check(len(s.shapes) >= 2 and len(set(s.shapes)) == len(s.shapes), "shapes", "at least 2 distinct names", s.shapes)
     for shape in s.shapes:
         _check(shape in SHAPE_SDFS, "shapes", f"names from {sorted(SHAPE_SDFS)}", shape)
-    _check(isinstance(s.backgrounds, dict) and len(s.backgrounds) >= 1, "backgrounds", "a non-empty mapping", s.backgrounds)
+    _check(isinstance(s.backgrounds, dict) and len(s.backgrounds) >= 1, "backgrounds", "a non-empty mapping",
+           s.backgrounds)
     for name, bg in s.backgrounds.items():
-        _check(isinstance(bg, Background) and _is_rgb(bg.rgb), f"backgrounds.{name}.rgb", "three integers in 0..255", bg)
-        _check(0 <= bg.noise <= 128, f"backgrounds.{name}.noise", "in [0, 128]", bg.noise)
-    _check(len(s.textures) >= 1 and set(s.textures) <= set(TEXTURES), "textures", f"a non-empty subset of {TEXTURES}", s.textures)
+        _check(isinstance(bg, Background) and _is_rgb(bg.rgb), f"backgrounds.{name}.rgb",
+               "three integers in 0..255", bg)
+        _check(isinstance(bg.noise, (int, float)) and 0 <= bg.noise <= 128, f"backgrounds.{name}.noise",
+               "a number in [0, 128]", bg.noise)
+    _check(len(s.textures) >= 1 and set(s.textures) <= set(TEXTURES), "textures",
+           f"a non-empty subset of {TEXTURES}", s.textures)
     _check(len(s.prompt_templates) >= 1, "prompt_templates", "a non-empty list", s.prompt_templates)
     for t in s.prompt_templates:
         _check(isinstance(t, str) and t.count("{}") == 1 and t.count("{") == 1 and t.count("}") == 1,
@@ -251,7 +255,8 @@ def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
     spec_fields = {f.name for f in fields(WorldSpec)} - {"prompt_templates", "caption_templates"}
     unknown = set(generator) - spec_fields
     if unknown:
-        raise ValueError(f"{path}: unknown keys in 'generator': {sorted(unknown)}; expected some of {sorted(spec_fields)}")
+        raise ValueError(f"{path}: unknown keys in 'generator': {sorted(unknown)}; "
+                         f"expected some of {sorted(spec_fields)}")
     values = {**generator, **{k: doc[k] for k in ("prompt_templates", "caption_templates") if k in doc}}
     kwargs = {}
     for key, v in values.items():

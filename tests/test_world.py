@@ -1,0 +1,231 @@
+"""Tests for the embedded world: determinism, labels, ambiguity ground truth, storage, validation."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from workbench import world
+from workbench.world import (
+    DEFAULT_MANIFEST, FACTOR_NAMES, WorldSpec, build_world, generate_split, load_split, load_world_spec, save_split,
+)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_world_spec()
+
+
+@pytest.fixture(scope="module")
+def train(spec):
+    return generate_split(spec, "train", 3000, seed=7)
+
+
+def assert_splits_equal(a, b):
+    assert a.images.dtype == b.images.dtype == np.uint8
+    assert a.images.tobytes() == b.images.tobytes()
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.ambiguity, b.ambiguity)
+    np.testing.assert_array_equal(a.partner, b.partner)
+    assert a.captions == b.captions and a.ambiguity_kind == b.ambiguity_kind and a.class_names == b.class_names
+    assert list(a.factors) == list(b.factors)
+    for k in a.factors:
+        assert a.factors[k].dtype == b.factors[k].dtype, k
+        np.testing.assert_array_equal(a.factors[k], b.factors[k])
+    assert a.meta == b.meta
+
+
+def test_default_manifest(spec):
+    assert len(spec.class_names) == 30 and spec.class_names == sorted(spec.class_names)
+    assert 4 <= len(spec.prompt_templates) <= 8
+    assert all(t.count("{}") == 1 for t in spec.prompt_templates)
+    assert spec.fingerprint() == load_world_spec(DEFAULT_MANIFEST).fingerprint()
+    assert len(spec.fingerprint()) == 12 and hash(spec) == hash(load_world_spec())
+
+
+def test_fingerprint_tracks_every_field(spec):
+    assert dataclasses.replace(spec, rotation_range=10.0).fingerprint() != spec.fingerprint()
+    assert dataclasses.replace(spec, colours={**spec.colours, "red": (200, 0, 0)}).fingerprint() != spec.fingerprint()
+
+
+def test_shapes_and_dtypes(spec, train):
+    n, s = 3000, spec.image_size
+    assert train.images.shape == (n, s, s, 3) and train.images.dtype == np.uint8
+    assert train.labels.dtype == np.int64 and train.partner.dtype == np.int64
+    assert train.ambiguity.dtype == np.float32
+    assert len(train) == len(train.captions) == len(train.ambiguity_kind) == n
+    assert set(train.factors) == set(FACTOR_NAMES) and all(len(v) == n for v in train.factors.values())
+    counts = np.bincount(train.labels, minlength=30)
+    assert counts.max() - counts.min() <= 1  # balanced classes
+
+
+def test_determinism(spec, train):
+    assert_splits_equal(train, generate_split(spec, "train", 3000, seed=7))
+    other_seed = generate_split(spec, "train", 300, seed=8)
+    other_split = generate_split(spec, "val", 300, seed=7)
+    small = generate_split(spec, "train", 300, seed=7)
+    assert other_seed.images.tobytes() != small.images.tobytes()
+    assert other_split.images.tobytes() != small.images.tobytes()
+
+
+def test_order_of_colours_does_not_change_samples(spec):
+    shuffled = dataclasses.replace(spec, colours=dict(reversed(list(spec.colours.items()))),
+                                   shapes=tuple(reversed(spec.shapes)))
+    a, b = generate_split(spec, "x", 200, seed=1), generate_split(shuffled, "x", 200, seed=1)
+    assert a.images.tobytes() == b.images.tobytes() and a.captions == b.captions
+
+
+def test_labels_agree_with_names_and_captions(spec, train):
+    assert train.class_names == spec.class_names
+    for label, caption in zip(train.labels, train.captions):
+        colour, shape = train.class_names[label].split(" ")
+        words = caption.replace(",", " ").split()
+        assert colour in words and shape in words, caption
+
+
+def test_ambiguity_ground_truth(spec, train):
+    kind = np.array(train.ambiguity_kind)
+    clean = kind == "none"
+    assert set(kind) == {"none", "colour", "shape"}
+    assert np.all(train.ambiguity[clean] == 0) and np.all(train.partner[clean] == -1)
+    amb = ~clean
+    assert np.all(train.ambiguity[amb] > 0)
+    assert np.all(train.ambiguity[amb] <= spec.max_ambiguity + 1e-6)  # float32 rounding of the bound
+    for i in np.flatnonzero(amb):
+        (c1, s1), (c2, s2) = (train.class_names[j].split(" ") for j in (train.labels[i], train.partner[i]))
+        if kind[i] == "colour":
+            assert c1 != c2 and s1 == s2
+        else:
+            assert c1 == c2 and s1 != s2
+    assert abs(amb.mean() - spec.ambiguous_fraction) < 0.03
+    assert abs((kind == "colour").sum() / amb.sum() - spec.colour_ambiguity_share) < 0.06
+
+
+def test_colour_blend_lies_between_the_two_class_colours(spec):
+    # Without texture, jitter, noise or occlusion the shape's centre pixel is exactly the blend.
+    plain = dataclasses.replace(spec, textures=("plain",), colour_jitter=0.0, noise_range=(0.0, 0.0),
+                                occlusion_prob=0.0, ambiguous_fraction=1.0, colour_ambiguity_share=1.0)
+    split = generate_split(plain, "blend", 300, seed=0)
+    for i in range(len(split)):
+        c1, c2 = (np.array(spec.colours[split.class_names[j].split(" ")[0]], float)
+                  for j in (split.labels[i], split.partner[i]))
+        x, y = int(split.factors["x"][i]), int(split.factors["y"][i])
+        a = float(split.ambiguity[i])
+        np.testing.assert_allclose(split.images[i, y, x], (1 - a) * c1 + a * c2, atol=1.01)
+
+
+def test_shape_morph_starts_at_the_primary_and_moves_to_the_partner(spec):
+    plain = dataclasses.replace(spec, textures=("plain",), noise_range=(0.0, 0.0), occlusion_prob=0.0)
+    shapes = sorted(plain.shapes)
+    m = 64
+    primary, partner = np.arange(m) % len(shapes), (np.arange(m) + 1 + np.arange(m) // 5) % len(shapes)
+    partner = np.where(partner == primary, (partner + 1) % len(shapes), partner)
+    factors = {"x": np.full(m, 16.0), "y": np.full(m, 16.0), "size": np.full(m, 9.0), "rotation": np.zeros(m),
+               "texture": np.full(m, "plain"), "noise": np.zeros(m), "occluded": np.zeros(m, bool)}
+    colour, bg = np.tile([200.0, 50, 50], (m, 1)), np.tile([30.0, 30, 30], (m, 1))
+    bar = {k: np.zeros(m) for k in ("vertical", "offset", "width", "grey")}
+
+    def render(p_shp, a):
+        return world._render(plain, shapes, np.random.default_rng(0), primary, p_shp, np.full(m, a),
+                             colour, bg, np.zeros(m), factors, bar).astype(float)
+
+    pure = render(primary, 0.0)
+    assert np.array_equal(render(partner, 0.0), pure)  # a = 0 is the pure primary class
+    target = render(partner, 1.0)
+    dist = [np.abs(render(partner, a) - target).sum(axis=(1, 2, 3)) for a in (0.0, 0.2, 0.45)]
+    assert np.all(dist[1] <= dist[0]) and np.all(dist[2] <= dist[1]) and np.all(dist[2] < dist[0])
+
+
+def test_subset(train):
+    sub = train.subset([5, 2, 9])
+    assert len(sub) == 3 and sub.captions[1] == train.captions[2]
+    np.testing.assert_array_equal(sub.images[0], train.images[5])
+    assert len(train.subset(train.labels == 0)) == np.sum(train.labels == 0)
+    assert len(train.subset(slice(0, 10))) == 10
+
+
+def test_save_load_round_trip(spec, tmp_path):
+    split = generate_split(spec, "val", 400, seed=3)
+    save_split(split, tmp_path / "val")
+    assert sorted(os.listdir(tmp_path)) == ["val"]  # no temporary directories left behind
+    assert_splits_equal(split, load_split(tmp_path / "val"))
+    save_split(split.subset(slice(0, 10)), tmp_path / "val")  # overwriting an existing split works
+    assert len(load_split(tmp_path / "val")) == 10 and sorted(os.listdir(tmp_path)) == ["val"]
+    empty = generate_split(spec, "empty", 0, seed=3)
+    save_split(empty, tmp_path / "empty")
+    assert len(load_split(tmp_path / "empty")) == 0
+
+
+def test_load_split_errors(spec, tmp_path):
+    save_split(generate_split(spec, "val", 20, seed=3), tmp_path / "val")
+    with pytest.raises(FileNotFoundError, match="images.npy"):
+        os.remove(tmp_path / "val" / "images.npy")
+        load_split(tmp_path / "val")
+    save_split(generate_split(spec, "val", 20, seed=3), tmp_path / "val")
+    lines = (tmp_path / "val" / "samples.csv").read_text().splitlines()
+    (tmp_path / "val" / "samples.csv").write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_split(tmp_path / "val")
+
+
+def test_build_world_reuses_cached_splits(spec, tmp_path, monkeypatch):
+    sizes = {"train": 200, "val": 50}
+    first = build_world(spec, tmp_path, seed=1, sizes=sizes)
+    base = tmp_path / f"{spec.fingerprint()}-seed1"
+    assert sorted(os.listdir(base)) == ["train", "val"]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("generate_split called although the split is cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(world, "generate_split", fail)
+        second = build_world(spec, tmp_path, seed=1, sizes=sizes)
+    for name in sizes:
+        assert_splits_equal(first[name], second[name])
+
+    calls = []
+    monkeypatch.setattr(world, "generate_split", lambda *a, **k: calls.append(a[1:]) or generate_split(*a, **k))
+    build_world(spec, tmp_path, seed=1, sizes={"train": 200, "val": 60})  # a new size regenerates val only
+    assert calls == [("val", 60, 1)]
+    (base / "train" / "meta.json").write_text("{not json")  # a corrupt split is rebuilt
+    assert len(build_world(spec, tmp_path, seed=1, sizes={"train": 200})["train"]) == 200
+    assert calls[-1] == ("train", 200, 1)
+
+
+def write_manifest(tmp_path, edit):
+    doc = yaml.safe_load(DEFAULT_MANIFEST.read_text())
+    edit(doc)
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d.update(homepage="x"), "homepage"),
+    (lambda d: d["generator"].update(blur=1.0), "blur"),
+    (lambda d: d["prompt_templates"].append("a photo of a thing."), "prompt_templates"),
+    (lambda d: d["caption_templates"].append("a {size} thing"), "caption_templates"),
+    (lambda d: d["caption_templates"].append("a {colour} {shape} {mood}"), "caption_templates"),
+    (lambda d: d["generator"]["shapes"].append("hexagon"), "shapes"),
+    (lambda d: d["generator"]["colours"].update(red=[300, 0, 0]), "colours.red"),
+    (lambda d: d["generator"]["colours"].update(red="crimson"), "colours"),
+    (lambda d: d["generator"].update(ambiguous_fraction=1.5), "ambiguous_fraction"),
+    (lambda d: d["generator"].update(max_ambiguity=0.6), "max_ambiguity"),
+    (lambda d: d["generator"].update(image_size=8), "image_size"),
+    (lambda d: d["generator"].update(size_range=[0.4, 0.2]), "size_range"),
+    (lambda d: d["generator"]["backgrounds"].update(dark={"rgb": [0, 0, 0], "glow": 1}), "backgrounds"),
+])
+def test_validation_names_file_and_field(tmp_path, edit, field):
+    path = write_manifest(tmp_path, edit)
+    with pytest.raises(ValueError) as err:
+        load_world_spec(path)
+    assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_generate_split_argument_errors(spec):
+    with pytest.raises(ValueError, match="seed"):
+        generate_split(spec, "train", 10, seed=-1)
+    with pytest.raises(ValueError, match="num_samples"):
+        generate_split(spec, "train", -5, seed=0)
