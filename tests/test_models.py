@@ -78,3 +78,87 @@ def test_loading_mismatched_weights_names_the_problem(tmp_path, student_and_toke
 def test_unknown_text_tower_is_a_clear_error():
     with pytest.raises(ValueError, match="neither a packaged model"):
         models.resolve_text_tower("/no/such/dir")
+
+
+# ---- any open_clip model: resolution, offline errors, export ----
+
+def test_export_as_local_dir_loads_back_in_open_clip(tmp_path, student_and_tokenizer):
+    model, tokenizer = student_and_tokenizer
+    folder = models.save_pretrained(model, tmp_path / "student", models.embedded_open_clip_config("embedded-vit-student"))
+    loaded = models.load_model(f"local-dir:{folder}")
+    direct = open_clip.create_model(f"local-dir:{folder}")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_image(x), model.encode_image(x))
+        torch.testing.assert_close(direct.encode_image(x), model.encode_image(x))
+        texts = ["a red circle", "a blue star"]
+        torch.testing.assert_close(loaded.model.encode_text(loaded.tokenizer(texts)), model.encode_text(tokenizer(texts)),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_offline_missing_weights_fail_fast_with_instructions(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.WeightsNotFoundError) as err:
+        models.load_model("ViT-L-14", "openai", cache_dir=str(tmp_path))
+    message = str(err.value)
+    assert "'ViT-L-14'" in message and "'openai'" in message and "offline" in message
+    assert "Tried:" in message and "pretrained='/path/to/checkpoint" in message
+    with pytest.raises(models.WeightsNotFoundError, match="hf-hub:org/none.*offline"):
+        models.load_model("hf-hub:org/none", cache_dir=str(tmp_path))
+
+
+def test_unknown_names_and_tags_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown model 'ViT-B-61'.*ViT-B-16"):
+        models.load_model("ViT-B-61")
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'nope' for model 'ViT-B-16'; valid tags: openai"):
+        models.load_model("ViT-B-16", "nope")
+    with pytest.raises(models.WeightsNotFoundError, match="checkpoint file .*missing.pt"):
+        models.load_model("ViT-B-16", "/nowhere/missing.pt")
+    with pytest.raises(models.WeightsNotFoundError, match="open_clip_config.json"):
+        models.load_model("local-dir:/nowhere")
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path, student_and_tokenizer):
+    model, _ = student_and_tokenizer
+    good = tmp_path / "good.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in models.trainable_state_dict(model).items()}}, good)
+    fresh, _ = models.create_embedded_model("embedded-vit-student")
+    models._load_checkpoint_file(fresh, good)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode_image(x), model.encode_image(x))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.proj": Payload()}, evil)
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        models._load_checkpoint_file(fresh, evil)
+
+
+def test_class_vectors_are_cached_on_disk(tmp_path, student_and_tokenizer, monkeypatch):
+    model, tokenizer = student_and_tokenizer
+    loaded = models.LoadedModel(model, None, tokenizer, "embedded-vit-student", None)
+    first = models.cached_class_vectors(loaded, ["red circle", "blue star"], ["a {}."], tmp_path)
+    assert len(list(tmp_path.glob("class-vectors-*.safetensors"))) == 1
+    monkeypatch.setattr(models, "build_class_vectors", lambda *a, **k: pytest.fail("cache not used"))
+    torch.testing.assert_close(models.cached_class_vectors(loaded, ["red circle", "blue star"], ["a {}."], tmp_path), first)
+    other = models.LoadedModel(model, None, tokenizer, "embedded-vit-student", "other.safetensors")
+    with pytest.raises(pytest.fail.Exception):
+        models.cached_class_vectors(other, ["red circle", "blue star"], ["a {}."], tmp_path)
+
+
+def test_model_pair_presets_name_valid_open_clip_models_and_tags():
+    from workbench.presets import load_preset
+
+    pairs = load_preset("model_pairs")
+    assert pairs["vit-l14_to_vit-b16"]["teacher"] == {"name": "ViT-L-14", "pretrained": "openai"}
+    for pair in pairs.values():
+        for role in ("teacher", "student"):
+            ref = pair[role]
+            if ref["name"] in models.list_embedded_models():
+                continue
+            assert ref["name"] in open_clip.list_models()
+            assert ref["pretrained"] in open_clip.list_pretrained_tags_by_model(ref["name"])
