@@ -273,3 +273,94 @@ def test_ame_validation_errors():
         ame(torch.zeros(2, 7), torch.zeros(3, 6))
     with pytest.raises(ValueError, match="text_features"):
         ame(torch.zeros(2, 8), torch.zeros(6))
+
+
+# ---------------------------------------------------------------- symmetric KL, feature KD, AME variants
+
+from workbench.losses import FeatureKDLoss, SymmetricKLLoss  # noqa: E402
+
+
+def ref_symmetric_kl(student, teacher, tau):
+    total = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        ls = ref_log_softmax([x / tau for x in s_row])
+        lt = ref_log_softmax([x / tau for x in t_row])
+        total += 0.5 * sum(math.exp(a) * (a - b) for a, b in zip(lt, ls))
+        total += 0.5 * sum(math.exp(b) * (b - a) for a, b in zip(lt, ls))
+    return tau**2 * total / len(student)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 3.0])
+def test_symmetric_kl_matches_reference_and_is_symmetric(tau):
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    loss = SymmetricKLLoss(tau)
+    value = float(loss(s, t)["symmetric_kl_loss"])
+    assert value == pytest.approx(ref_symmetric_kl(s, t, tau), rel=1e-10)
+    assert value == pytest.approx(float(loss(t, s)["symmetric_kl_loss"]), rel=1e-10)
+    assert float(loss(s, s)["symmetric_kl_loss"]) == pytest.approx(0.0, abs=1e-12)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: loss(x, t)["symmetric_kl_loss"], (s,))
+
+
+def test_symmetric_kl_finite_for_extreme_logits():
+    s = torch.tensor([[1e4, -1e4, 0.0]], requires_grad=True)
+    t = torch.tensor([[-1e4, 1e4, 0.0]])
+    out = SymmetricKLLoss()(s, t)["symmetric_kl_loss"]
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("distance", ["cosine", "mse"])
+def test_feature_kd_matches_reference_and_gradcheck(distance):
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    sn, tn = s.numpy() / np.linalg.norm(s.numpy(), axis=1, keepdims=True), t.numpy() / np.linalg.norm(t.numpy(), axis=1, keepdims=True)
+    expected = np.mean(1 - (sn * tn).sum(1)) if distance == "cosine" else np.mean(((sn - tn) ** 2).sum(1))
+    loss = FeatureKDLoss(distance, weight=2.0)
+    assert float(loss(s, t)["feature_kd_loss"]) == pytest.approx(2.0 * expected, rel=1e-10)
+    assert float(loss(3.0 * t, t)["feature_kd_loss"]) == pytest.approx(0.0, abs=1e-12)  # direction only
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: loss(x, t)["feature_kd_loss"], (s,))
+
+
+def test_feature_kd_rejects_width_mismatch_and_unknown_distance():
+    with pytest.raises(ValueError, match="project the student to the teacher's width"):
+        FeatureKDLoss()(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="unknown distance 'l1'; valid names: cosine, mse"):
+        FeatureKDLoss("l1")
+
+
+def test_ame_per_sample_variant_matches_reference_and_gradcheck():
+    torch.manual_seed(0)
+    ame = AMELoss(image_dim=6, text_dim=5, manifold_dim=4, hidden_dim=8, weight=3.0, variant="per_sample").double()
+    image = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    text = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    t1, _, t2 = ame.text_projection
+    txt = ref_linear(ref_gelu(ref_linear(text.detach().numpy(), t1)), t2)
+    img = ref_linear(image.detach().numpy(), ame.image_projection)
+    scores = img @ txt.T / 2.0  # sqrt(manifold_dim = 4)
+    expected = np.mean([ref_entropy(list(row)) for row in scores])
+    out = ame(image, text)
+    assert float(out["manifold_entropy"]) == pytest.approx(expected, rel=1e-10)
+    assert float(out["ame_loss"]) == pytest.approx(3.0 * expected, rel=1e-10)
+    assert torch.autograd.gradcheck(lambda i, t: ame(i, t)["ame_loss"], (image, text))
+
+
+def test_ame_weight_warms_up_in_training_only():
+    ame = AMELoss(image_dim=4, text_dim=4, manifold_dim=2, hidden_dim=4, weight=10.0, warmup_steps=4)
+    x, t = torch.randn(3, 4), torch.randn(2, 4)
+    ratios = []
+    for _ in range(6):
+        out = ame(x, t)
+        ratios.append(float(out["ame_loss"] / out["manifold_entropy"]))
+    assert ratios == pytest.approx([2.5, 5.0, 7.5, 10.0, 10.0, 10.0])
+    ame.eval()
+    assert float(ame(x, t)["ame_loss"] / ame(x, t)["manifold_entropy"]) == pytest.approx(10.0)
+
+
+def test_ame_rejects_unknown_variant_listing_valid_names():
+    with pytest.raises(ValueError, match="unknown AME variant 'rows'; valid names: paper, per_sample"):
+        AMELoss(4, 4, variant="rows")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        AMELoss(4, 4, warmup_steps=-1)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 IMAGE_PROJECTIONS = ("linear", "conv1d")
+AME_VARIANTS = ("paper", "per_sample")
+FEATURE_DISTANCES = ("cosine", "mse")
 
 
 def entropy(logits: Tensor, dim: int = -1) -> Tensor:
@@ -108,10 +110,19 @@ class AMELoss(nn.Module):
         ``"linear"``: ``Linear(image_dim, manifold_dim)``. ``"conv1d"``: the feature vector is
         read as a 1-channel signal, passed through ``Conv1d(1, 1, kernel_size=3, stride=2,
         padding=1)`` and average-pooled to ``manifold_dim`` (fewer parameters).
+    variant : {"paper", "per_sample"}, default "paper"
+        ``"paper"``: the entropy of the softmax over all C + B rows, as above. ``"per_sample"``:
+        each projected image scores the projected class vectors by scaled dot product
+        (``/ sqrt(manifold_dim)``, as in attention); the entropy of each image's softmax over the C
+        classes is averaged over the batch (mean reduction: one entropy per image).
+    warmup_steps : int, default 0
+        The weight ramps linearly from ``weight / warmup_steps`` to ``weight`` over the first
+        ``warmup_steps`` training-mode calls; 0 applies the full weight from the start.
     """
 
     def __init__(self, image_dim: int, text_dim: int, manifold_dim: int = 64,
-                 hidden_dim: int = 256, weight: float = 50.0, image_projection: str = "linear"):
+                 hidden_dim: int = 256, weight: float = 50.0, image_projection: str = "linear",
+                 variant: str = "paper", warmup_steps: int = 0):
         super().__init__()
         for name, value in [("image_dim", image_dim), ("text_dim", text_dim),
                             ("manifold_dim", manifold_dim), ("hidden_dim", hidden_dim)]:
@@ -124,8 +135,15 @@ class AMELoss(nn.Module):
                 f"unknown image_projection {image_projection!r}; valid names: "
                 f"{', '.join(IMAGE_PROJECTIONS)}"
             )
+        if variant not in AME_VARIANTS:
+            raise ValueError(f"unknown AME variant {variant!r}; valid names: {', '.join(AME_VARIANTS)}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
         self.image_dim, self.text_dim, self.manifold_dim = image_dim, text_dim, manifold_dim
         self.weight = float(weight)
+        self.variant = variant
+        self.warmup_steps = warmup_steps
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long), persistent=True)
         self.text_projection = nn.Sequential(
             nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, manifold_dim)
         )
@@ -150,6 +168,93 @@ class AMELoss(nn.Module):
                 raise ValueError(
                     f"{name} must have shape (rows, {width}); got {tuple(x.shape)}"
                 )
-        h = manifold_entropy(self.image_projection(image_features),
-                             self.text_projection(text_features))
-        return {"ame_loss": self.weight * h, "manifold_entropy": h.detach()}
+        image_rows = self.image_projection(image_features)
+        text_rows = self.text_projection(text_features)
+        if self.variant == "paper":
+            h = manifold_entropy(image_rows, text_rows)
+        else:
+            h = entropy(image_rows @ text_rows.T / math.sqrt(self.manifold_dim), dim=1).mean()
+        return {"ame_loss": self.current_weight() * h, "manifold_entropy": h.detach()}
+
+    def current_weight(self) -> float:
+        """The weight in force now, advancing the warm-up by one step per training-mode call."""
+        if not self.warmup_steps:
+            return self.weight
+        step = int(self.steps_done)
+        if self.training:
+            self.steps_done += 1
+        return self.weight * min(1.0, (step + 1) / self.warmup_steps)
+
+
+class SymmetricKLLoss(nn.Module):
+    """Symmetric KL divergence used by KDPL: ``0.5 KL(pt || ps) + 0.5 KL(ps || pt)``.
+
+    Reduction is ``batchmean`` (per-sample KL averaged over the batch), like :class:`KDLoss`, and
+    both directions are taken at temperature ``tau`` with the ``tau**2`` factor. Unlike KD, the
+    reverse term makes the student avoid mass where the teacher has none (mode seeking).
+
+    Parameters
+    ----------
+    temperature : float, default 1.0
+        Softmax temperature; finite and > 0.
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+        """Return ``{"symmetric_kl_loss": scalar}``; teacher logits are treated as constants."""
+        if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student_logits and teacher_logits must both have shape (B, C); got "
+                f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+            )
+        tau = self.temperature
+        log_ps = F.log_softmax(student_logits / tau, dim=1)
+        log_pt = F.log_softmax(teacher_logits.detach() / tau, dim=1)
+        forward_kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+        reverse_kl = F.kl_div(log_pt, log_ps, reduction="batchmean", log_target=True)
+        return {"symmetric_kl_loss": tau**2 * 0.5 * (forward_kl + reverse_kl)}
+
+
+class FeatureKDLoss(nn.Module):
+    """Feature distillation (CLIP-KD style) between student and teacher embeddings.
+
+    Both embeddings are L2-normalised first, so only directions are matched. ``"cosine"``:
+    ``mean(1 - cos)``; ``"mse"``: squared distance summed over features, averaged over the batch
+    (for unit vectors this equals ``2 * (1 - cos)``, but its gradient differs off the sphere).
+    The student must already be projected to the teacher's width (a recipe owns that projector).
+
+    Parameters
+    ----------
+    distance : {"cosine", "mse"}, default "cosine"
+    weight : float, default 1.0
+        Multiplier; finite and >= 0.
+    """
+
+    def __init__(self, distance: str = "cosine", weight: float = 1.0):
+        super().__init__()
+        if distance not in FEATURE_DISTANCES:
+            raise ValueError(f"unknown distance {distance!r}; valid names: {', '.join(FEATURE_DISTANCES)}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be finite and >= 0, got {weight!r}")
+        self.distance, self.weight = distance, float(weight)
+
+    def forward(self, student_features: Tensor, teacher_features: Tensor) -> dict[str, Tensor]:
+        """Return ``{"feature_kd_loss": scalar}``; teacher features are treated as constants."""
+        if student_features.dim() != 2 or student_features.shape != teacher_features.shape:
+            raise ValueError(
+                f"student and teacher features must have the same shape (B, D) — project the student "
+                f"to the teacher's width first; got {tuple(student_features.shape)} and "
+                f"{tuple(teacher_features.shape)}"
+            )
+        s = F.normalize(student_features, dim=1)
+        t = F.normalize(teacher_features.detach(), dim=1)
+        if self.distance == "cosine":
+            loss = (1 - (s * t).sum(dim=1)).mean()
+        else:
+            loss = (s - t).pow(2).sum(dim=1).mean()
+        return {"feature_kd_loss": self.weight * loss}
