@@ -87,8 +87,8 @@ def _teacher_logits(images, labels, classes):
     return logits
 
 
-@pytest.mark.parametrize("ame_weight", [0.0, 50.0])
-def test_logit_kd_lowers_kd_loss_with_and_without_ame(tmp_path, student_and_tokenizer, ame_weight):
+@pytest.mark.parametrize("ame_weight, variant", [(0.0, "paper"), (50.0, "paper"), (5.0, "per_sample")])
+def test_logit_kd_lowers_kd_loss_with_and_without_ame(tmp_path, student_and_tokenizer, ame_weight, variant):
     import copy
 
     base_model, _ = student_and_tokenizer
@@ -96,7 +96,7 @@ def test_logit_kd_lowers_kd_loss_with_and_without_ame(tmp_path, student_and_toke
     images, labels = _world_like()
     class_vectors = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(1)), dim=-1)
     teacher = _teacher_logits(images, labels, 4)
-    settings = recipes.DistillConfig(ame_weight=ame_weight,
+    settings = recipes.DistillConfig(ame_weight=ame_weight, ame_variant=variant,
                                      optim=OptimConfig(epochs=8, batch_size=16, lr=2e-3, warmup_fraction=0.0))
     text_before = {k: v.clone() for k, v in student.text.state_dict().items()}
     history = recipes.logit_kd(student, images, teacher, class_vectors, settings, torch.device("cpu"),

@@ -24,6 +24,8 @@ class DistillConfig:
     ame_weight: float = 0.0  # AME weight omega; 0 disables AME (paper default when on: 50)
     ame_manifold_dim: int = 64  # width of AME's shared manifold
     ame_hidden_dim: int = 256  # hidden width of AME's text projection MLP
+    ame_variant: str = "paper"  # "paper" (softmax over all rows) or "per_sample" (per-image entropy)
+    ame_warmup_steps: int = 0  # steps over which omega ramps up linearly; 0 = full weight at once
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimisation settings
 
     @classmethod
@@ -66,7 +68,8 @@ def logit_kd(student, images, teacher_logits: torch.Tensor, class_vectors: torch
         torch.manual_seed(config.optim.seed)  # AME's projections start the same for the same seed
         width = class_vectors.shape[1]
         ame = AMELoss(image_dim=width, text_dim=width, manifold_dim=config.ame_manifold_dim,
-                      hidden_dim=config.ame_hidden_dim, weight=config.ame_weight).to(device)
+                      hidden_dim=config.ame_hidden_dim, weight=config.ame_weight,
+                      variant=config.ame_variant, warmup_steps=config.ame_warmup_steps).to(device)
         modules.append(ame)
     stored = images_to_device(images, device)
     targets = teacher_logits.to(device)
