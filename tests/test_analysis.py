@@ -290,3 +290,22 @@ def test_entropy_trajectory(tmp_path):
     kd.write_text("{not json\n")
     with pytest.raises(ValueError, match="line 1"):
         entropy_trajectory(kd)
+
+
+def test_analyze_predictions_combines_every_family():
+    from workbench.analysis import analyze_predictions
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    class_vectors = np.eye(4, 8)
+    features = class_vectors[labels] + 0.1 * rng.standard_normal((40, 8))
+    logits = 10 * features @ class_vectors.T
+    ambiguity = rng.uniform(0, 0.4, 40)
+    table, metrics = analyze_predictions(logits, labels, features, class_vectors, teacher_logits=logits,
+                                         teacher_features=features, base_classes=[0, 1], new_classes=[2, 3],
+                                         true_ambiguity=ambiguity)
+    assert len(table["entropy"]) == 40 and np.allclose(table["true_ambiguity"], ambiguity)
+    assert metrics["accuracy"] == 1.0 and metrics["hm"] == 1.0
+    assert metrics["alignment/knn_agreement_teacher"] == 1.0
+    assert 0 <= metrics["calibration/ece"] <= 1
+    assert {"ambiguity/spearman", "ambiguity/auroc_ambiguous", "alignment/effective_rank", "entropy/mean"} <= set(metrics)

@@ -63,3 +63,16 @@ def test_existing_run_directory_is_not_overwritten(tmp_path):
         run_notebook(NOTEBOOK_DIR / "00_quickstart.ipynb", tmp_path / "run", {"smoke": True})
     assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
     assert create_run_dir(tmp_path, "run", overwrite=True) == tmp_path / "run"
+
+
+def test_quickstart_writes_per_sample_tables_and_analysis(quickstart_run):
+    from workbench.analysis import read_table
+
+    metrics = json.loads((quickstart_run / "metrics.json").read_text())
+    assert set(metrics["analysis"]) == set(MODELS)
+    for name in MODELS:
+        assert {"ambiguity/spearman", "calibration/ece", "alignment/effective_rank"} <= set(metrics["analysis"][name])
+    table = read_table(quickstart_run / "samples_kd_ame.csv")
+    assert len(table["entropy"]) == 300  # the smoke test split
+    assert {"predicted", "runner_up", "margin", "kl_teacher_student", "true_ambiguity"} <= set(table)
+    assert metrics["kd_vs_kd_ame"]["n"] == 300

@@ -778,3 +778,29 @@ def entropy_trajectory(log_path: str | os.PathLike, key: str = "manifold_entropy
     steps, values = np.array(steps, dtype=np.int64), np.array(values, dtype=np.float64)
     return {"steps": steps, "values": values, "final": float(values[-1]) if len(values) else float("nan"),
             "n": len(values), "runs": runs}
+
+
+# ---------------------------------------------------------------- one call for one model on one split
+
+def analyze_predictions(student_logits, labels, image_features, class_vectors, teacher_logits=None,
+                        teacher_features=None, base_classes=None, new_classes=None, true_ambiguity=None,
+                        class_names=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-sample table and flat per-run metrics for one model's predictions on one labelled set.
+
+    Combines :func:`per_sample_table`, :func:`classification_metrics`, :func:`calibration_metrics`,
+    :func:`alignment_metrics` and, when given, :func:`knn_agreement` (teacher features) and
+    :func:`ambiguity_agreement` (ground-truth ambiguity, e.g. the embedded world's). Metric names
+    are prefixed by their family (``calibration/ece``, ``alignment/effective_rank`` …).
+    """
+    table = per_sample_table(student_logits, labels, teacher_logits=teacher_logits, class_names=class_names)
+    metrics = dict(classification_metrics(student_logits, labels, base_classes, new_classes))
+    metrics.update({f"calibration/{k}": v for k, v in calibration_metrics(student_logits, labels).items()})
+    metrics.update({f"alignment/{k}": v for k, v in alignment_metrics(image_features, labels, class_vectors).items()})
+    metrics["entropy/mean"] = float(np.mean(table["entropy"]))
+    if teacher_features is not None:
+        metrics["alignment/knn_agreement_teacher"] = knn_agreement(teacher_features, image_features)
+    if true_ambiguity is not None:
+        table["true_ambiguity"] = np.asarray(true_ambiguity, dtype=np.float64)
+        agreement = ambiguity_agreement(table["ambiguity_score"], true_ambiguity)
+        metrics.update({f"ambiguity/{k}": v for k, v in agreement.items()})
+    return table, metrics
