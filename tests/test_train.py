@@ -81,44 +81,59 @@ def test_select_device_auto_is_cpu_here():
     assert select_device("cpu").type == "cpu"
 
 
-def _teacher_logits(images, labels, classes):
-    logits = torch.full((len(images), classes), -2.0)
-    logits[torch.arange(len(images)), torch.as_tensor(labels)] = 4.0
-    return logits
+def _teacher(labels, class_vectors, width=384):
+    """A teacher whose embedding of each image is its class vector: confident and correct."""
+    return recipes.TeacherTargets(class_vectors[torch.as_tensor(labels)], logit_scale=20.0)
 
 
-@pytest.mark.parametrize("ame_weight, variant", [(0.0, "paper"), (50.0, "paper"), (5.0, "per_sample")])
-def test_logit_kd_lowers_kd_loss_with_and_without_ame(tmp_path, student_and_tokenizer, ame_weight, variant):
+@pytest.mark.parametrize("recipe, ame_weight, variant", [
+    ("logit_kd", 0.0, "paper"), ("logit_kd", 50.0, "paper"), ("logit_kd", 5.0, "per_sample"),
+    ("kdpl", 0.0, "paper"), ("kdpl", 50.0, "paper"), ("feature_kd", 0.0, "paper"), ("feature_kd", 50.0, "paper")])
+def test_every_recipe_lowers_its_loss_with_and_without_ame(tmp_path, student_and_tokenizer, recipe, ame_weight, variant):
     import copy
 
     base_model, _ = student_and_tokenizer
     student = copy.deepcopy(base_model)
     images, labels = _world_like()
     class_vectors = torch.nn.functional.normalize(torch.randn(4, 384, generator=torch.Generator().manual_seed(1)), dim=-1)
-    teacher = _teacher_logits(images, labels, 4)
-    settings = recipes.DistillConfig(ame_weight=ame_weight, ame_variant=variant,
+    teacher = _teacher(labels, class_vectors)
+    settings = recipes.DistillConfig(recipe=recipe, ame_weight=ame_weight, ame_variant=variant,
                                      optim=OptimConfig(epochs=8, batch_size=16, lr=2e-3, warmup_fraction=0.0))
     text_before = {k: v.clone() for k, v in student.text.state_dict().items()}
-    history = recipes.logit_kd(student, images, teacher, class_vectors, settings, torch.device("cpu"),
-                               log_path=tmp_path / "kd.jsonl")
-    first, last = np.mean([h["kd_loss"] for h in history[:4]]), np.mean([h["kd_loss"] for h in history[-4:]])
-    assert last < 0.7 * first
+    history = recipes.distill(student, images, teacher, class_vectors, settings, torch.device("cpu"),
+                              log_path=tmp_path / "kd.jsonl")
+    key = {"logit_kd": "kd_loss", "kdpl": "symmetric_kl_loss", "feature_kd": "feature_kd_loss"}[recipe]
+    first, last = np.mean([h[key] for h in history[:4]]), np.mean([h[key] for h in history[-4:]])
+    assert last < 0.8 * first
     assert ("manifold_entropy" in history[0]) == (ame_weight > 0)
     if ame_weight:
         assert history[0]["ame_loss"] == pytest.approx(ame_weight * history[0]["manifold_entropy"], rel=1e-5)
-        assert history[0]["loss"] == pytest.approx(history[0]["kd_loss"] + history[0]["ame_loss"], rel=1e-5)
+        distill_terms = sum(v for k, v in history[0].items() if k.endswith("_loss") and k != "ame_loss")
+        assert history[0]["loss"] == pytest.approx(distill_terms + history[0]["ame_loss"], rel=1e-5)
         assert history[-1]["manifold_entropy"] < history[0]["manifold_entropy"]
     # The backbone's text tower is untouched: AME changes training, not the architecture.
     for k, v in student.text.state_dict().items():
         assert torch.equal(v, text_before[k])
 
 
-def test_logit_kd_checks_shapes(student_and_tokenizer):
+def test_distill_checks_shapes_and_names(student_and_tokenizer):
     model, _ = student_and_tokenizer
     images, labels = _world_like(8)
     with pytest.raises(ValueError, match="8 images but 7 rows"):
-        recipes.logit_kd(model, images, torch.zeros(7, 4), torch.zeros(4, 384), recipes.DistillConfig(),
-                         torch.device("cpu"))
+        recipes.distill(model, images, recipes.TeacherTargets(torch.zeros(7, 384), 10.0), torch.zeros(4, 384),
+                        recipes.DistillConfig(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown recipe 'dho2'; valid names: logit_kd, kdpl, feature_kd"):
+        recipes.DistillConfig(recipe="dho2")
+    with pytest.raises(ValueError, match="ame_weight must be finite and >= 0"):
+        recipes.DistillConfig(ame_weight=-1.0)
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        recipes.DistillConfig(temperature=0.0)
+
+
+def test_kdpl_rescales_teacher_to_the_student_logit_scale():
+    targets = recipes.TeacherTargets(torch.nn.functional.normalize(torch.randn(3, 8), dim=-1), logit_scale=100.0)
+    vectors = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    torch.testing.assert_close(targets.logits(vectors, scale=10.0), targets.logits(vectors) / 10.0)
 
 
 def test_zoo_pretrains_once_then_loads_from_cache(tmp_path):
