@@ -150,15 +150,17 @@ def _inside(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _relative_file(root_real: str, full: str, origin, field: str) -> str:
-    """``full`` relative to ``root_real`` with '/' separators; symlinks leaving the root are rejected."""
-    real = os.path.realpath(full)
-    if not _inside(real, root_real):
+def _relative_file(root, full, origin, field: str) -> str:
+    """``full`` (a path under ``root``) relative to ``root`` with '/' separators.
+
+    Raises :class:`PathEscapeError` if the file, symlinks resolved, lies outside ``root``.
+    """
+    root_real, real = os.path.realpath(root), os.path.realpath(full)
+    rel = os.path.relpath(full, root).replace(os.sep, "/")
+    if not _inside(real, root_real) or rel.split("/")[0] == "..":
         _fail(origin, field, f"{full} resolves to {real}, outside the image root {root_real} "
               "(a symlink pointing out of the root?)", PathEscapeError)
-    rel = os.path.relpath(os.path.abspath(full), root_real) if _inside(os.path.abspath(full), root_real) \
-        else os.path.relpath(real, root_real)
-    return rel.replace(os.sep, "/")
+    return rel
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -373,16 +375,16 @@ def save_manifest(manifest: Manifest, path) -> Path:
     doc = manifest.to_dict()
     if path.suffix.lower() in (".yaml", ".yml"):
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120)
-    elif path.suffix.lower() == ".json":
-        splits = doc.pop("splits")
-        checksum = doc.pop("splits_sha256")
-        head = json.dumps(doc, indent=2, ensure_ascii=False)[:-2]  # drop the closing "\n}"
-        blocks = []
-        for s, entries in splits.items():
-            rows = ",\n".join("    " + json.dumps(e, ensure_ascii=False) for e in entries)
-            blocks.append(f"  {json.dumps(s)}: [\n{rows}\n  ]")
-        text = f'{head},\n "splits": {{\n' + ",\n".join(blocks) + f'\n }},\n "splits_sha256": "{checksum}"\n}}\n'
-        text = text.replace('\n "splits"', '\n  "splits"').replace('\n "splits_sha256"', '\n  "splits_sha256"')
+    elif path.suffix.lower() == ".json":  # readable and diff-friendly: one entry per line
+        splits, checksum = doc.pop("splits"), doc.pop("splits_sha256")
+        lines = ["{"] + [f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}," for k, v in doc.items()]
+        lines.append('  "splits": {')
+        for j, (split, entries) in enumerate(splits.items()):
+            lines.append(f"    {json.dumps(split)}: [")
+            lines.append(",\n".join("      " + json.dumps(e, ensure_ascii=False) for e in entries))
+            lines.append("    ]" + ("," if j < len(splits) - 1 else ""))
+        lines += ["  },", f'  "splits_sha256": {json.dumps(checksum)}', "}"]
+        text = "\n".join(lines) + "\n"
     else:
         raise ValueError(f"manifest file names must end in .json, .yaml or .yml, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -408,9 +410,7 @@ def make_manifest(name: str, image_root, classnames: Sequence[str], splits: Mapp
            "licence": licence, "image_root": os.fspath(image_root), "classnames": classnames,
            "templates": list(templates), "splits": doc_splits, "splits_sha256": "0" * 64}
     manifest = manifest_from_dict(doc, origin=origin, verify_checksum=False)
-    return replace(manifest, checksum=splits_checksum(
-        {s: zip(v.paths, v.labels.tolist(), (classnames[y] for y in v.labels.tolist()))
-         for s, v in manifest.splits.items()}))
+    return replace(manifest, checksum=splits_checksum(manifest.to_dict()["splits"]))
 
 
 # ----------------------------------------------------------------------------- names and templates
@@ -540,7 +540,6 @@ def from_image_folder(root, *, name: str, splits: Mapping[str, str] | None = Non
         "int": folders are named by their integer label (ImageNet-V2's ``0``..``999``).
     """
     root_path = _require_dir(expand_path(root, field="root"), f"from_image_folder(name={name!r})")
-    root_real = os.path.realpath(root_path)
     splits = {"all": "."} if splits is None else dict(splits)
     if folder_labels not in ("sorted", "int"):
         raise ValueError(f"folder_labels must be 'sorted' or 'int', got {folder_labels!r}")
@@ -573,6 +572,7 @@ def from_image_folder(root, *, name: str, splits: Mapping[str, str] | None = Non
         if folder_labels == "sorted" and len(names) != len(folders):
             raise ManifestError(f"from_image_folder: {len(names)} class names given for {len(folders)} class folders")
     pairs = {}
+    root_real, origin = os.path.realpath(root_path), f"from_image_folder({root})"
     for split, sub in splits.items():
         rows = []
         for folder in per_split[split]:
@@ -583,11 +583,17 @@ def from_image_folder(root, *, name: str, splits: Mapping[str, str] | None = Non
                     dirnames[:] = []
                     continue
                 visited.add(real_dir)
+                if not _inside(real_dir, root_real):
+                    _fail(origin, f"splits.{split}", f"folder {dirpath} resolves to {real_dir}, outside the image "
+                          f"root {root_real} (a symlink pointing out of the root?)", PathEscapeError)
                 dirnames.sort()
                 for fn in sorted(filenames):
                     if fn.lower().endswith(IMG_EXTENSIONS) and not fn.startswith("."):
-                        rows.append((_relative_file(root_real, os.path.join(dirpath, fn), f"from_image_folder"
-                                                    f"({root})", f"splits.{split}"), label_of[folder]))
+                        full = os.path.join(dirpath, fn)
+                        # only a symlinked file can leave a folder already known to be inside the root
+                        rel = (_relative_file(root_path, full, origin, f"splits.{split}") if os.path.islink(full)
+                               else os.path.relpath(full, root_path).replace(os.sep, "/"))
+                        rows.append((rel, label_of[folder]))
         if not rows:
             raise ManifestError(f"from_image_folder: split {split!r} ({root_path / sub}) holds no images with "
                                 f"extensions {IMG_EXTENSIONS}")
@@ -806,7 +812,6 @@ def from_torchvision(dataset, root, splits: Mapping[str, Mapping] | None = None,
     if not isinstance(cls, type):
         raise ManifestError(f"from_torchvision: torchvision.datasets has no dataset class {dataset!r}")
     root_path = _require_dir(expand_path(root, field="root"), f"from_torchvision({cls.__name__})")
-    root_real = os.path.realpath(root_path)
     splits = {"test": {}} if splits is None else dict(splits)
     pairs, names = {}, None
     for split, kwargs in splits.items():
@@ -821,7 +826,7 @@ def from_torchvision(dataset, root, splits: Mapping[str, Mapping] | None = None,
             raise ManifestError(f"from_torchvision: split {split!r} of {cls.__name__} has other classes than "
                                 "the first split")
         names = found
-        pairs[split] = [(_relative_file(root_real, p, f"from_torchvision({cls.__name__})", f"splits.{split}"), y)
+        pairs[split] = [(_relative_file(root_path, p, f"from_torchvision({cls.__name__})", f"splits.{split}"), y)
                         for p, y in _torchvision_samples(ds)]
     names = list(classnames) if classnames is not None else [str(n) for n in names]
     return make_manifest(name or cls.__name__.lower(), os.fspath(root), names, pairs, templates=templates,
@@ -860,7 +865,6 @@ def load_spec(spec) -> dict:
         _fail(path, "args", f"unknown arguments {bad} for builder {doc['builder']!r}")
     if "classnames" in doc and "classnames_file" in doc:
         _fail(path, "classnames", "give either classnames (a key of classnames.json) or classnames_file, not both")
-    doc["_path"] = str(path)
     return doc
 
 
@@ -886,7 +890,8 @@ def build_from_spec(spec, *, root=None, out=None, classnames=None) -> Manifest:
     if names is None and "classnames" in doc:
         names = class_names(doc["classnames"])
     elif names is None and "classnames_file" in doc:
-        names = read_wnid_classnames(doc["classnames_file"])
+        file = doc["classnames_file"]
+        names = read_wnid_classnames(file if file.startswith(("$", "~", "/")) else join(file))
     names = None if isinstance(names, str) and names == "dataset" else names
     common = dict(name=doc["name"], templates=prompt_templates(doc["templates"]), source=doc["source"].strip(),
                   licence=doc["licence"].strip(), description=(doc.get("description") or "").strip())
