@@ -162,3 +162,58 @@ def test_pretrain_rejects_more_images_than_the_split_has(tmp_path, student_and_t
     split = generate_split(WorldSpec(), "pretrain", 10, seed=0)
     with pytest.raises(ValueError, match="num_images=20 exceeds the 10 samples"):
         zoo.pretrain(model, tokenizer, split, zoo.PretrainConfig("embedded-vit-student", 20), torch.device("cpu"))
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    inputs, target = torch.randn(32, 3, generator=torch.Generator().manual_seed(1)), torch.randn(32, 3)
+    config = OptimConfig(epochs=4, batch_size=8, lr=0.05)
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 3))
+
+    def loss_for(model, fail_at=None):
+        calls = {"n": 0}
+
+        def step_loss(idx):
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise KeyboardInterrupt("simulated kill")
+            return {"mse_loss": (model(inputs[idx]) - target[idx]).pow(2).mean()}
+        return step_loss
+
+    straight = make()
+    fit([straight], loss_for(straight), 32, config, torch.device("cpu"), log_path=tmp_path / "a.jsonl",
+        checkpoint_path=tmp_path / "a.pt")
+
+    interrupted = make()
+    with pytest.raises(KeyboardInterrupt):
+        fit([interrupted], loss_for(interrupted, fail_at=11), 32, config, torch.device("cpu"),
+            log_path=tmp_path / "b.jsonl", checkpoint_path=tmp_path / "b.pt")
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 10  # 2 epochs + 2 steps were logged
+    torch.manual_seed(123)  # a new process: different global RNG until the checkpoint restores it
+    resumed = make()
+    history = fit([resumed], loss_for(resumed), 32, config, torch.device("cpu"), log_path=tmp_path / "b.jsonl",
+                  checkpoint_path=tmp_path / "b.pt")
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
+    log_a = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_b] == list(range(16)) and len(history) == 16
+    assert [r["loss"] for r in log_a] == pytest.approx([r["loss"] for r in log_b])
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    layer = torch.nn.Linear(2, 1)
+    calls = {"n": 0}
+
+    def step_loss(idx):
+        calls["n"] += 1
+        out = layer(torch.ones(len(idx), 2)).mean()
+        return {"x_loss": out * (float("nan") if calls["n"] == 6 else 1.0)}
+
+    with pytest.raises(FloatingPointError, match="epoch 2, step 5"):
+        fit([layer], step_loss, 4, OptimConfig(epochs=4, batch_size=2), torch.device("cpu"),
+            checkpoint_path=tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["epochs_done"] == 2 and state["step"] == 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -123,7 +124,7 @@ def _param_groups(parameters: Iterable[nn.Parameter], weight_decay: float) -> li
 
 def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         num_samples: int, config: OptimConfig, device: torch.device, log_path: str | Path | None = None,
-        progress: bool = False) -> list[dict]:
+        progress: bool = False, checkpoint_path: str | Path | None = None) -> list[dict]:
     """Train ``modules`` by minimising the summed ``*_loss`` terms of ``step_loss``.
 
     Parameters
@@ -142,6 +143,11 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         JSONL file receiving one record per step (epoch, step, lr and every term).
     progress : bool
         Show a tqdm progress bar.
+    checkpoint_path : path, optional
+        Training state (modules, optimiser, schedule, batch order, RNG) is written here atomically
+        after every epoch. If the file exists when ``fit`` starts, training resumes after the last
+        completed epoch and ends with the same parameters as an uninterrupted run; the log keeps
+        exactly the records of the completed steps.
 
     Returns
     -------
@@ -159,17 +165,22 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_schedule(total_steps, int(config.warmup_fraction * total_steps)))
     order = torch.Generator().manual_seed(config.seed)
+    first_epoch = step = 0
+    history = []
+    if checkpoint_path and Path(checkpoint_path).is_file():
+        first_epoch, step = _restore(checkpoint_path, modules, optimizer, scheduler, order)
+        history = _truncate_log(log_path, step) if log_path else []
     log_file = open(log_path, "a") if log_path else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps, leave=False)
-    history = []
-    step = 0
+    if bar is not None:
+        bar.update(step)
     for module in modules:
         module.train()
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             permutation = torch.randperm(num_samples, generator=order).to(device)
             for start in range(0, num_samples, config.batch_size):
                 indices = permutation[start:start + config.batch_size]
@@ -179,7 +190,7 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss at epoch {epoch}, step {step}: "
-                        + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()))
+                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:
@@ -195,6 +206,10 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                     bar.update(1)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                 step += 1
+            if log_file:
+                log_file.flush()
+            if checkpoint_path:
+                _save_checkpoint(checkpoint_path, modules, optimizer, scheduler, order, epoch + 1, step)
     finally:
         for module in modules:
             module.eval()
@@ -203,6 +218,42 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         if bar is not None:
             bar.close()
     return history
+
+
+def _save_checkpoint(path, modules, optimizer, scheduler, order, epochs_done: int, step: int) -> None:
+    state = {"modules": [m.state_dict() for m in modules], "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "order": order.get_state(), "torch_rng": torch.get_rng_state(),
+             "epochs_done": epochs_done, "step": step}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+
+
+def _restore(path, modules, optimizer, scheduler, order) -> tuple[int, int]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if len(state["modules"]) != len(modules):
+        raise ValueError(f"checkpoint {path} holds {len(state['modules'])} modules, this run trains {len(modules)}")
+    for module, module_state in zip(modules, state["modules"]):
+        module.load_state_dict(module_state)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    order.set_state(state["order"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epochs_done"], state["step"]
+
+
+def _truncate_log(log_path, steps: int) -> list[dict]:
+    """Keep the first ``steps`` records of a JSONL log (those the checkpoint covers); return them."""
+    path = Path(log_path)
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:steps]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+    return records
 
 
 def config_dict(config) -> dict:
