@@ -629,7 +629,8 @@ def _read_table(path: Path):
                 except json.JSONDecodeError as err:
                     raise ManifestError(f"{path} line {line}: not valid JSON: {err}") from None
                 if not isinstance(rec, dict) or "path" not in rec or "label" not in rec:
-                    raise ManifestError(f"{path} line {line}: expected an object with 'path' and 'label', got {text.strip()!r:.80}")
+                    raise ManifestError(f"{path} line {line}: expected an object with 'path' and 'label', "
+                                        f"got {text.strip()!r:.80}")
                 rows.append((rec["path"], rec["label"], rec.get("classname"), f"{path} line {line}"))
         else:
             raise ManifestError(f"{path}: table files must end in .csv, .tsv or .jsonl")
@@ -860,9 +861,13 @@ def load_spec(spec) -> dict:
         raise ManifestError(f"{path}: missing fields {missing}, unknown fields {unknown}")
     if doc["builder"] not in _BUILDER_ARGS:
         _fail(path, "builder", f"must be one of {sorted(_BUILDER_ARGS)}, got {doc['builder']!r}")
-    bad = sorted(set(doc.get("args") or {}) - _BUILDER_ARGS[doc["builder"]])
+    args = doc.get("args") or {}
+    bad = sorted(set(args) - _BUILDER_ARGS[doc["builder"]])
     if bad:
         _fail(path, "args", f"unknown arguments {bad} for builder {doc['builder']!r}")
+    need = {"coop_split": {"split_file"}, "image_folder": {"splits"}}.get(doc["builder"], set()) - set(args)
+    if need:
+        _fail(path, "args", f"builder {doc['builder']!r} needs {sorted(need)}")
     if "classnames" in doc and "classnames_file" in doc:
         _fail(path, "classnames", "give either classnames (a key of classnames.json) or classnames_file, not both")
     return doc
@@ -907,7 +912,8 @@ def build_from_spec(spec, *, root=None, out=None, classnames=None) -> Manifest:
         manifest = from_fgvc_aircraft(root, **common)
     if out is not None:
         out = Path(out)
-        save_manifest(manifest, out if out.suffix.lower() in (".json", ".yaml", ".yml") else out / f"{manifest.name}.json")
+        is_file = out.suffix.lower() in (".json", ".yaml", ".yml")
+        save_manifest(manifest, out if is_file else out / f"{manifest.name}.json")
     return manifest
 
 
