@@ -45,3 +45,45 @@ def markdown_table(rows: dict[str, dict[str, float]], columns: dict[str, str], s
 def results_table(results: dict[str, dict[str, float]]) -> str:
     """Markdown table of base / new / HM accuracy (in %) for each named result."""
     return markdown_table(results, {"base_acc": "base", "new_acc": "new", "hm": "HM"}, scale=100, digits=1)
+
+
+@torch.no_grad()
+def zero_shot_manifest(name: str, manifest, pretrained: str | None = None, split: str = "test",
+                       device: torch.device | str | None = None, batch_size: int = 256, workers: int = 0,
+                       cache_dir: str | None = None, on_error: str = "error") -> dict[str, float]:
+    """Zero-shot base / new / HM of any supported model on a dataset manifest, in one call.
+
+    ``name``/``pretrained`` are resolved by :func:`workbench.models.load_model` (open_clip name + tag,
+    ``hf-hub:``, checkpoint, ``local-dir:`` or an embedded model); ``manifest`` is a
+    :class:`workbench.data.Manifest` or a path to one. Class vectors come from the manifest's class
+    names and templates (disk-cached under ``cache_dir``). Returns ``base_acc``, ``new_acc``, ``hm``,
+    ``accuracy`` (over all classes) and ``skipped_images`` (with ``on_error="skip"``).
+    """
+    from . import data
+    from .models import cached_class_vectors, load_model
+    from .protocol import base_new_split
+    from .train import autocast, select_device
+
+    if not isinstance(manifest, data.Manifest):
+        manifest = data.load_manifest(manifest)
+    device = select_device("auto") if device is None else torch.device(device)
+    loaded = load_model(name, pretrained, device=device, cache_dir=cache_dir)
+    vectors = cached_class_vectors(loaded, manifest.classnames, manifest.templates, cache_dir, device=device)
+    dataset = data.ManifestDataset(manifest, split, transform=loaded.preprocess, on_error=on_error)
+    features, labels = [], []
+    for batch in data.make_loader(dataset, batch_size, device, workers=workers):
+        if batch is None:  # every image of the batch was skipped
+            continue
+        images, batch_labels, _ = batch
+        with autocast(device):
+            encoded = loaded.model.encode_image(images.to(device, non_blocking=True), normalize=True)
+        features.append(encoded.float().cpu())
+        labels.append(batch_labels)
+    if not features:
+        raise ValueError(f"no readable image in split {split!r} of manifest {manifest.name!r}")
+    features, labels = torch.cat(features), torch.cat(labels)
+    base, new = base_new_split(len(manifest.classnames))
+    result = evaluate_base_new(features, labels, vectors, base, new)
+    result["accuracy"] = float(((features @ vectors.T).argmax(1) == labels).float().mean())
+    result["skipped_images"] = float(dataset.skipped)
+    return result
