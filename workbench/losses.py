@@ -72,16 +72,19 @@ class KDLoss(nn.Module):
         Both inputs have shape (B, C). Both distributions are taken in log space, so the loss
         is finite even when probabilities underflow to zero (e.g. logits of +-1e4).
         """
+        log_p_student, log_p_teacher = self.log_probs(student_logits, teacher_logits)
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+        return {"kd_loss": self.temperature**2 * kl}
+
+    def log_probs(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Validated ``log_softmax`` of both logit sets at the temperature (teacher detached)."""
         if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
             raise ValueError(
                 f"student_logits and teacher_logits must both have shape (B, C); got "
                 f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
             )
         tau = self.temperature
-        log_p_student = F.log_softmax(student_logits / tau, dim=1)
-        log_p_teacher = F.log_softmax(teacher_logits.detach() / tau, dim=1)
-        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-        return {"kd_loss": tau**2 * kl}
+        return F.log_softmax(student_logits / tau, dim=1), F.log_softmax(teacher_logits.detach() / tau, dim=1)
 
 
 class AMELoss(nn.Module):
@@ -186,7 +189,7 @@ class AMELoss(nn.Module):
         return self.weight * min(1.0, (step + 1) / self.warmup_steps)
 
 
-class SymmetricKLLoss(nn.Module):
+class SymmetricKLLoss(KDLoss):
     """Symmetric KL divergence used by KDPL: ``0.5 KL(pt || ps) + 0.5 KL(ps || pt)``.
 
     Reduction is ``batchmean`` (per-sample KL averaged over the batch), like :class:`KDLoss`, and
@@ -199,25 +202,12 @@ class SymmetricKLLoss(nn.Module):
         Softmax temperature; finite and > 0.
     """
 
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
-        self.temperature = float(temperature)
-
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         """Return ``{"symmetric_kl_loss": scalar}``; teacher logits are treated as constants."""
-        if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
-            raise ValueError(
-                f"student_logits and teacher_logits must both have shape (B, C); got "
-                f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
-            )
-        tau = self.temperature
-        log_ps = F.log_softmax(student_logits / tau, dim=1)
-        log_pt = F.log_softmax(teacher_logits.detach() / tau, dim=1)
+        log_ps, log_pt = self.log_probs(student_logits, teacher_logits)
         forward_kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
         reverse_kl = F.kl_div(log_pt, log_ps, reduction="batchmean", log_target=True)
-        return {"symmetric_kl_loss": tau**2 * 0.5 * (forward_kl + reverse_kl)}
+        return {"symmetric_kl_loss": self.temperature**2 * 0.5 * (forward_kl + reverse_kl)}
 
 
 class FeatureKDLoss(nn.Module):
