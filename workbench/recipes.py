@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .losses import AMELoss, FeatureKDLoss, KDLoss, SymmetricKLLoss
-from .train import OptimConfig, fit, images_to_device, normalize_images
+from .train import OptimConfig, encode_images, fit, images_to_device, normalize_images
 
 RECIPES = ("logit_kd", "kdpl", "feature_kd")
 
@@ -81,7 +81,6 @@ class TeacherTargets:
 
     @classmethod
     def from_model(cls, teacher, images, device: torch.device | None = None) -> "TeacherTargets":
-        from .train import encode_images
         return cls(encode_images(teacher, images, device=device), float(teacher.logit_scale.detach().exp()))
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -254,11 +254,6 @@ def _truncate_log(log_path, steps: int) -> list[dict]:
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
     return records
-
-
-def config_dict(config) -> dict:
-    """A dataclass config as plain data (for run records and cache keys)."""
-    return asdict(config)
 
 
 class Timer:
