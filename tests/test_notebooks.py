@@ -76,3 +76,17 @@ def test_quickstart_writes_per_sample_tables_and_analysis(quickstart_run):
     assert len(table["entropy"]) == 300  # the smoke test split
     assert {"predicted", "runner_up", "margin", "kl_teacher_student", "true_ambiguity"} <= set(table)
     assert metrics["kd_vs_kd_ame"]["n"] == 300
+
+
+def test_quickstart_saves_distilled_students_that_reload(quickstart_run):
+    import numpy as np
+    import torch
+
+    from workbench import models
+    from workbench.train import encode_images
+
+    for slug in ("kd", "kd_ame"):
+        student, _ = models.create_embedded_model("embedded-vit-student")
+        models.load_weights(student, quickstart_run / f"student_{slug}.safetensors")
+        features = encode_images(student, np.zeros((2, 32, 32, 3), dtype=np.uint8))
+        assert torch.isfinite(features).all()
