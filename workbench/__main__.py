@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench quickstart [--smoke]``. Thin: parsing here, work in the library."""
+"""Command line: ``python -m workbench quickstart|train``. Thin: parsing here, work in the library."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ def quickstart(args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def train(args: argparse.Namespace) -> Path:
+    """Run one distillation experiment from a config file into a run directory."""
+    from .experiment import load_experiment_config, run_experiment
+
+    config = load_experiment_config(args.config)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / time.strftime(f"{Path(args.config).stem}-%Y%m%d-%H%M%S")
+    metrics = run_experiment(config, run_dir, resume=args.resume, progress=True)
+    print(f"base {100 * metrics['base_acc']:.1f}  new {100 * metrics['new_acc']:.1f}  HM {100 * metrics['hm']:.1f}")
+    print(f"run directory: {run_dir}")
+    return run_dir
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--cache-dir", default="runs/cache", help="world and pretrained models (reused)")
     qs.add_argument("--run-dir", default="", help="results directory (default runs/quickstart-<time>)")
     qs.set_defaults(func=quickstart)
+    tr = commands.add_parser("train", help="one distillation run from a config file (see workbench.experiment)")
+    tr.add_argument("--config", required=True, help="YAML/JSON experiment config, e.g. configs/kd_ame.yaml")
+    tr.add_argument("--run-dir", default="", help="results directory (default runs/<config>-<time>)")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    tr.set_defaults(func=train)
     return parser
 
 

@@ -93,7 +93,8 @@ def make_ame(config: DistillConfig, width: int, device: torch.device) -> AMELoss
 
 
 def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tensor, config: DistillConfig,
-            device: torch.device, log_path: str | Path | None = None, progress: bool = False) -> list[dict]:
+            device: torch.device, log_path: str | Path | None = None, progress: bool = False,
+            checkpoint_path: str | Path | None = None) -> list[dict]:
     """Distil ``teacher`` into ``student``'s image tower with ``config.recipe``, optionally with AME.
 
     Parameters
@@ -107,6 +108,9 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
     class_vectors : tensor (C, D)
         Unit-norm class text vectors in the student's embedding space, used for the student's logits
         (and the teacher's, which share the space in the embedded world and in same-text-tower pairs).
+    log_path, progress, checkpoint_path
+        Passed to :func:`workbench.train.fit` (JSONL log, progress bar, per-epoch checkpoint and resume;
+        AME's projections are part of the checkpoint, so a resumed run continues them too).
     """
     if len(images) != len(teacher.features):
         raise ValueError(f"{len(images)} images but {len(teacher.features)} rows of teacher features")
@@ -147,4 +151,5 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
             terms.update(ame(features, vectors))
         return terms
 
-    return fit(modules, step_loss, len(stored), config.optim, device, log_path=log_path, progress=progress)
+    return fit(modules, step_loss, len(stored), config.optim, device, log_path=log_path, progress=progress,
+               checkpoint_path=checkpoint_path)

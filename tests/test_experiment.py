@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import yaml
+
+from workbench.__main__ import main
+from workbench.experiment import ExperimentConfig, load_experiment_config, run_experiment
+
+SMOKE = {"preset": "smoke", "shots": 4, "seed": 0, "device": "cpu",
+         "distill": {"recipe": "kdpl", "ame_weight": 50.0, "optim": {"epochs": 2, "batch_size": 16}}}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def test_shipped_configs_load():
+    for name in ("kd_ame", "kdpl"):
+        config = load_experiment_config(f"configs/{name}.yaml")
+        assert config.distill.recipe in ("logit_kd", "kdpl")
+
+
+def test_bad_configs_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"shots": 4, "lr": 0.1}))
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown settings \['lr'\]"):
+        load_experiment_config(bad)
+    with pytest.raises(ValueError, match="unknown setting 'semi'"):
+        ExperimentConfig(setting="semi")
+    with pytest.raises(ValueError, match="shots must be a positive integer"):
+        ExperimentConfig(shots=0)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        ExperimentConfig.from_dict({"distill": {"recipe": "dho2"}})
+
+
+def test_cli_train_writes_a_complete_run_directory(tmp_path, cache):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**SMOKE, "cache_dir": cache}))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--run-dir", str(run_dir)]) == 0
+    for name in ("config.json", "environment.json", "train.jsonl", "checkpoint.pt", "student.safetensors",
+                 "samples.csv", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"base_acc", "new_acc", "hm", "analysis"} <= set(metrics)
+    assert metrics["final_manifold_entropy"] is not None
+    with pytest.raises(FileExistsError):
+        main(["train", "--config", str(config), "--run-dir", str(run_dir)])
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache, monkeypatch):
+    import workbench.train as train
+
+    config = ExperimentConfig.from_dict({**SMOKE, "cache_dir": cache,
+                                         "distill": {**SMOKE["distill"], "optim": {"epochs": 3, "batch_size": 16}}})
+    straight = run_experiment(config, tmp_path / "straight")
+
+    save = train._save_checkpoint
+
+    def save_then_die(path, modules, optimizer, scheduler, order, epochs_done, step):
+        save(path, modules, optimizer, scheduler, order, epochs_done, step)
+        if epochs_done == 1:
+            raise KeyboardInterrupt("killed after the first epoch")
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "partial")
+    monkeypatch.setattr(train, "_save_checkpoint", save)
+    assert not (tmp_path / "partial" / "metrics.json").exists()
+    with pytest.raises(FileExistsError):
+        run_experiment(config, tmp_path / "partial")  # never overwritten without resume
+    resumed = run_experiment(config, tmp_path / "partial", resume=True)
+    assert resumed["steps"] == straight["steps"]
+    for key in ("base_acc", "new_acc", "hm"):
+        assert resumed[key] == pytest.approx(straight[key])
+    assert resumed["analysis"]["calibration/nll"] == pytest.approx(straight["analysis"]["calibration/nll"], rel=1e-5)
