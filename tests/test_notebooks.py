@@ -90,3 +90,18 @@ def test_quickstart_saves_distilled_students_that_reload(quickstart_run):
         models.load_weights(student, quickstart_run / f"student_{slug}.safetensors")
         features = encode_images(student, np.zeros((2, 32, 32, 3), dtype=np.uint8))
         assert torch.isfinite(features).all()
+
+
+def test_wrong_parameter_types_fail_before_any_work(tmp_path):
+    import papermill
+
+    from workbench.pipeline import check_parameters
+
+    with pytest.raises(TypeError, match=r"shots='16' \(str, expected int\); smoke=1 \(int, expected bool\)"):
+        check_parameters({"shots": "16", "smoke": 1}, {"shots": int, "smoke": bool})
+    with pytest.raises(TypeError, match=r"ame_weight=True \(bool, expected int or float\)"):
+        check_parameters({"ame_weight": True}, {"ame_weight": (int, float)})
+    with pytest.raises(papermill.PapermillExecutionError, match="shots='16'"):
+        run_notebook(NOTEBOOK_DIR / "00_quickstart.ipynb", tmp_path / "run",
+                     {"smoke": True, "shots": "16", "cache_dir": str(tmp_path / "cache")}, progress=False)
+    assert not (tmp_path / "cache").exists()  # failed before building the world

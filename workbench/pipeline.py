@@ -32,3 +32,21 @@ def run_notebook(notebook: str | os.PathLike, run_dir: str | os.PathLike, parame
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
                                cwd=str(REPO_ROOT), progress_bar=progress)
     return output
+
+
+def check_parameters(values: dict, expected: dict[str, type | tuple[type, ...]]) -> None:
+    """Raise ``TypeError`` naming every notebook parameter whose value has the wrong type.
+
+    Papermill injects parameters as given (``-p shots 16`` arrives as an int, ``-p shots "16"`` as a
+    string), so notebooks call this right after their parameters cell; ``bool`` is never accepted
+    where a number is expected.
+    """
+    problems = []
+    for name, kinds in expected.items():
+        value = values[name]
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            wanted = " or ".join(k.__name__ for k in kinds)
+            problems.append(f"{name}={value!r} ({type(value).__name__}, expected {wanted})")
+    if problems:
+        raise TypeError("notebook parameters of the wrong type: " + "; ".join(problems))
