@@ -25,7 +25,7 @@ def _require(module: str, purpose: str):
 
 
 def joint_projection(image_features, text_features, method: str = "umap", n_components: int = 2,
-                     seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1):
+                     seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1, close_modality_gap: bool = True):
     """Project image embeddings and class text vectors into one low-dimensional map.
 
     Both sets are fitted together (cosine metric for UMAP) so that distances between an image and a
@@ -44,6 +44,12 @@ def joint_projection(image_features, text_features, method: str = "umap", n_comp
         UMAP neighbourhood size; 5 to 50 is sensible. Clipped to the number of points - 1.
     min_dist : float, default 0.1
         UMAP minimum distance between embedded points, in [0, 1].
+    close_modality_gap : bool, default True
+        CLIP image and text embeddings occupy two separate cones (the modality gap), so a joint map
+        otherwise draws all class vectors as one far-away clump. When true, each modality is centred
+        on its own mean and renormalised before projection, which keeps the within-modality geometry
+        and places each class vector among its images. The gap itself is reported by
+        :func:`workbench.analysis.alignment_metrics`.
 
     Returns
     -------
@@ -59,6 +65,8 @@ def joint_projection(image_features, text_features, method: str = "umap", n_comp
     texts = np.asarray(text_features, dtype=np.float32)
     if images.ndim != 2 or texts.ndim != 2 or images.shape[1] != texts.shape[1]:
         raise ValueError(f"image and text features must be 2-D with the same width; got {images.shape} and {texts.shape}")
+    if close_modality_gap:
+        images, texts = (_centre_on_sphere(x) for x in (images, texts))
     points = np.concatenate([images, texts])
     if method == "umap":
         umap = _require("umap", "UMAP projection")
@@ -69,6 +77,12 @@ def joint_projection(image_features, text_features, method: str = "umap", n_comp
         reducer = PCA(n_components=n_components, random_state=seed)
     coords = reducer.fit_transform(points)
     return coords[:len(images)], coords[len(images):], reducer
+
+
+def _centre_on_sphere(x: np.ndarray) -> np.ndarray:
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    x = x - x.mean(axis=0, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def manifold_figure(image_coords, text_coords, labels, class_names: Sequence[str], base_classes=None,
