@@ -50,3 +50,13 @@ def test_figure_is_saved_as_self_contained_html(tmp_path):
     assert sum(len(t.x) for t in fig.data[:2]) == len(labels)
     html = viz.save_html(fig, tmp_path / "fig.html").read_text()
     assert "plotly.js v" in html and "<script src=" not in html and "class 4" in html
+
+
+def test_class_colours_must_match_the_classes():
+    images, texts, labels = _gapped_world()
+    image_xy, text_xy, _ = viz.joint_projection(images, texts, method="pca")
+    names = [f"class {i}" for i in range(len(texts))]
+    fig = viz.manifold_figure(image_xy, text_xy, labels, names, class_colours=["red"] * 5)
+    assert list(fig.data[-1].marker.color) == ["red"] * 5
+    with pytest.raises(ValueError, match="class_colours has 2 entries for 5 classes"):
+        viz.manifold_figure(image_xy, text_xy, labels, names, class_colours=["red", "blue"])

@@ -229,3 +229,11 @@ def test_generate_split_argument_errors(spec):
         generate_split(spec, "train", 10, seed=-1)
     with pytest.raises(ValueError, match="num_samples"):
         generate_split(spec, "train", -5, seed=0)
+
+
+def test_class_colours_follow_the_colour_word():
+    spec = WorldSpec()
+    colours = spec.class_colours()
+    assert len(colours) == len(spec.class_names)
+    for name, css in zip(spec.class_names, colours):
+        assert css == "rgb({}, {}, {})".format(*spec.colours[name.split()[0]])

@@ -86,10 +86,13 @@ def _centre_on_sphere(x: np.ndarray) -> np.ndarray:
 
 
 def manifold_figure(image_coords, text_coords, labels, class_names: Sequence[str], base_classes=None,
-                    hover: Sequence[str] | None = None, title: str = "Shared image-text space"):
+                    hover: Sequence[str] | None = None, title: str = "Shared image-text space",
+                    class_colours: Sequence[str] | None = None):
     """Scatter of images (coloured by class) with class text vectors as labelled stars.
 
     Images of base classes are circles and of new classes diamonds when ``base_classes`` is given.
+    ``class_colours`` (CSS colours, one per class) replaces the default categorical palette, e.g.
+    the embedded world's own colours (:meth:`workbench.world.WorldSpec.class_colours`).
     Uses WebGL (``Scattergl``) so that tens of thousands of points stay interactive.
     """
     go = _require("plotly.graph_objects", "plotting")
@@ -97,7 +100,10 @@ def manifold_figure(image_coords, text_coords, labels, class_names: Sequence[str
 
     labels = np.asarray(labels)
     palette = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
-    colours = [palette[i % len(palette)] for i in range(len(class_names))]
+    colours = list(class_colours) if class_colours is not None else [palette[i % len(palette)]
+                                                                      for i in range(len(class_names))]
+    if len(colours) != len(class_names):
+        raise ValueError(f"class_colours has {len(colours)} entries for {len(class_names)} classes")
     base = set(np.asarray(base_classes).tolist()) if base_classes is not None else set(range(len(class_names)))
     fig = go.Figure()
     for group, symbol in (("base", "circle"), ("new", "diamond")):

@@ -129,6 +129,10 @@ class WorldSpec:
         """Sorted ``"<colour> <shape>"`` names; a label is an index into this list."""
         return sorted(f"{c} {s}" for c in self.colours for s in self.shapes)
 
+    def class_colours(self) -> list[str]:
+        """CSS ``rgb(...)`` of each class's own colour, in label order (for figures)."""
+        return ["rgb({}, {}, {})".format(*self.colours[name.split(" ", 1)[0]]) for name in self.class_names]
+
     def fingerprint(self) -> str:
         """Stable 12-hex-digit hash of all fields and the generator version (for cache keys)."""
         blob = json.dumps({"generator_version": GENERATOR_VERSION, "spec": asdict(self)}, sort_keys=True)
