@@ -21,7 +21,7 @@ from workbench.train import OptimConfig, select_device
 def seconds_per_step(student, images, targets, vectors, ame_weight, batch, device, epochs=4):
     config = recipes.DistillConfig(ame_weight=ame_weight, optim=OptimConfig(epochs=epochs, batch_size=batch))
     start = time.perf_counter()
-    history = recipes.distill(student, images, targets, vectors, config, device)
+    history = recipes.distill(student, images, targets, vectors, config, device).history
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / len(history)

@@ -58,8 +58,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache, monkeypatc
 
     save = train._save_checkpoint
 
-    def save_then_die(path, modules, optimizer, scheduler, order, epochs_done, step):
-        save(path, modules, optimizer, scheduler, order, epochs_done, step)
+    def save_then_die(path, modules, optimizer, scheduler, order, epochs_done, step, selector=None):
+        save(path, modules, optimizer, scheduler, order, epochs_done, step, selector)
         if epochs_done == 1:
             raise KeyboardInterrupt("killed after the first epoch")
 

@@ -101,7 +101,7 @@ def test_every_recipe_lowers_its_loss_with_and_without_ame(tmp_path, student_and
                                      optim=OptimConfig(epochs=8, batch_size=16, lr=2e-3, warmup_fraction=0.0))
     text_before = {k: v.clone() for k, v in student.text.state_dict().items()}
     history = recipes.distill(student, images, teacher, class_vectors, settings, torch.device("cpu"),
-                              log_path=tmp_path / "kd.jsonl")
+                              log_path=tmp_path / "kd.jsonl").history
     key = {"logit_kd": "kd_loss", "kdpl": "symmetric_kl_loss", "feature_kd": "feature_kd_loss"}[recipe]
     first, last = np.mean([h[key] for h in history[:4]]), np.mean([h[key] for h in history[-4:]])
     assert last < 0.8 * first
@@ -122,7 +122,7 @@ def test_distill_checks_shapes_and_names(student_and_tokenizer):
     with pytest.raises(ValueError, match="8 images but 7 rows"):
         recipes.distill(model, images, recipes.TeacherTargets(torch.zeros(7, 384), 10.0), torch.zeros(4, 384),
                         recipes.DistillConfig(), torch.device("cpu"))
-    with pytest.raises(ValueError, match="unknown recipe 'dho2'; valid names: logit_kd, kdpl, feature_kd"):
+    with pytest.raises(ValueError, match="unknown recipe 'dho2'; valid names: logit_kd, promptkd, kdpl, dho, feature_kd"):
         recipes.DistillConfig(recipe="dho2")
     with pytest.raises(ValueError, match="ame_weight must be finite and >= 0"):
         recipes.DistillConfig(ame_weight=-1.0)

@@ -21,9 +21,16 @@ def evaluate_model(model, images, labels, class_vectors: torch.Tensor, base_clas
 @torch.no_grad()
 def predict(model, images, class_vectors: torch.Tensor, device: torch.device | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-norm image features ``(N, D)`` and logits over ``class_vectors`` ``(N, C)`` (the model's own
-    logit scale times cosine), both float32 on the CPU."""
+    """Unit-norm image features ``(N, D)`` and logits over ``class_vectors`` ``(N, C)``, float32 on the CPU.
+
+    Logits are the model's own logit scale times cosine, unless the model scores classes itself
+    (``class_logits(features, class_vectors)``, e.g. DHO's mixed heads).
+    """
     features = encode_images(model, images, device=device)
+    if hasattr(model, "class_logits"):
+        weight = next(model.parameters())
+        logits = model.class_logits(features.to(weight.device), class_vectors.to(weight.device)).float().cpu()
+        return features, logits
     return features, model.logit_scale.detach().float().exp().cpu() * features @ class_vectors.float().cpu().T
 
 

@@ -13,8 +13,14 @@ This is what ``python -m workbench train --config run.yaml`` runs. A config is d
       ame_weight: 50.0
 
 The run directory receives ``config.json``, ``environment.json``, ``train.jsonl`` (every step),
-``checkpoint.pt`` (every epoch; ``resume=True`` continues from it), ``student.safetensors`` (the
-exported student: AME's projections are not part of it), ``samples.csv`` and ``metrics.json``.
+``checkpoint.pt`` (every epoch, AME's projections included; ``resume=True`` continues from it),
+``student.safetensors`` (the exported student backbone: AME's projections are not part of it),
+``recipe_modules.safetensors`` for recipes that add modules to the student (PromptKD's prompts and
+projector, DHO's heads), ``samples.csv`` and ``metrics.json`` (base / new / HM, the analysis metrics,
+the model selection made and DHO's mixing).
+
+Teacher image embeddings are cached on disk under ``cache_dir/teacher_features`` (memory-mapped),
+so runs that share a teacher and images never run the teacher twice.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .recipes import DistillConfig
@@ -41,6 +48,7 @@ class ExperimentConfig:
     setting: str = "inductive"  # "inductive" (K-shot base classes) or "transductive" (all unlabeled train images)
     cache_dir: str = "runs/cache"  # world and pretrained models, reused by every run
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    val_per_class: int = 8  # held-out labelled train images per training class (DHO mixing, best_val)
     distill: DistillConfig = field(default_factory=DistillConfig)  # recipe, AME and optimisation settings
 
     def __post_init__(self):
@@ -48,6 +56,8 @@ class ExperimentConfig:
             raise ValueError(f"unknown setting {self.setting!r}; valid names: {', '.join(SETTINGS)}")
         if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 1:
             raise ValueError(f"shots must be a positive integer, got {self.shots!r}")
+        if isinstance(self.val_per_class, bool) or not isinstance(self.val_per_class, int) or self.val_per_class < 1:
+            raise ValueError(f"val_per_class must be a positive integer, got {self.val_per_class!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 
@@ -86,6 +96,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     from .evaluation import predict
     from .presets import QuickstartConfig
     from .runs import create_run_dir, environment_info, write_json
+    from .cache import cached_image_features
     from .train import select_device
 
     run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
@@ -104,29 +115,61 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
                                                device=device)
     base, new = protocol.base_new_split(len(spec.class_names))
     train = splits["train"]
+    shots = protocol.few_shot_indices(train.labels, config.shots, config.seed, classes=base)
+    validation_indices = protocol.few_shot_indices(train.labels, config.val_per_class, config.seed, classes=base,
+                                                   exclude=shots)
+    validation = (train.images[validation_indices], train.labels[validation_indices])
     if config.setting == "inductive":
-        train = train.subset(protocol.few_shot_indices(train.labels, config.shots, config.seed, classes=base))
-        train_vectors = class_vectors[base]
-    else:
-        train_vectors = class_vectors
+        train_images, train_labels = train.images[shots], train.labels[shots]
+    else:  # every training image, unlabelled except the K shots
+        train_images = train.images
+        train_labels = np.full(len(train.labels), -1, dtype=np.int64)
+        train_labels[shots] = train.labels[shots]
+    test = splits["test"]
+    base_test_mask = np.isin(test.labels, base)
+    base_test = (test.images[base_test_mask], test.labels[base_test_mask])
 
     settings = dataclasses.replace(config.distill, optim=dataclasses.replace(config.distill.optim, seed=config.seed))
-    targets = recipes.TeacherTargets.from_model(teacher, train.images, device=device)
-    history = recipes.distill(student, train.images, targets, train_vectors, settings, device,
-                              log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
-                              progress=progress)
+    teacher_cache = cache / "teacher_features"
+    teacher_scale = float(teacher.logit_scale.detach().exp())
+    live = settings.teacher_mode == "live"
+    train_features = None if live else cached_image_features(teacher, train_images, teacher_cache, device=device)[0]
+    targets = recipes.TeacherTargets(train_features, teacher_scale, model=teacher)
+    result = recipes.distill(student, train_images, targets, class_vectors, settings, device,
+                             log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
+                             progress=progress, train_classes=base, labels=train_labels, validation=validation,
+                             base_test=base_test, vocabulary=class_vectors)
+    history = result.history
     models.save_weights(student, run_dir / "student.safetensors", metadata={"recipe": settings.recipe})
+    added = recipe_modules(result.model)
+    if added:
+        models.save_tensors(added, run_dir / "recipe_modules.safetensors", metadata={"recipe": settings.recipe})
 
-    test = splits["test"]
-    teacher_features, teacher_logits = predict(teacher, test.images, class_vectors, device=device)
-    features, logits = predict(student, test.images, class_vectors, device=device)
+    teacher_features = cached_image_features(teacher, test.images, teacher_cache, device=device)[0].float()
+    teacher_logits = teacher_scale * teacher_features @ class_vectors.float().cpu().T
+    features, logits = predict(result.model, test.images, class_vectors, device=device)
     table, stats = analysis.analyze_predictions(
         logits, test.labels, features, class_vectors, teacher_logits=teacher_logits,
         teacher_features=teacher_features, base_classes=base, new_classes=new,
         true_ambiguity=test.ambiguity, class_names=spec.class_names)
     analysis.write_table(table, run_dir / "samples.csv")
     metrics = {"base_acc": stats["base_acc"], "new_acc": stats["new_acc"], "hm": stats["hm"],
-               "analysis": stats, "steps": len(history),
+               "analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
                "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def recipe_modules(model) -> dict:
+    """Tensors a recipe added around the student (prompts, projector, heads), by name; empty for none."""
+    from .prompts import PromptedStudent
+    from .recipes import DualHeadStudent
+
+    if isinstance(model, PromptedStudent):
+        parts = {"prompts": model.prompts, "projector": model.projector}
+    elif isinstance(model, DualHeadStudent):
+        parts = {"ce_head": model.ce_head, "kd_head": model.kd_head}
+    else:
+        return {}
+    return {f"{name}.{key}": value.detach().cpu().contiguous()
+            for name, module in parts.items() for key, value in module.state_dict().items()}

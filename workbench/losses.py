@@ -14,6 +14,7 @@ from torch import Tensor, nn
 IMAGE_PROJECTIONS = ("linear", "conv1d")
 AME_VARIANTS = ("paper", "per_sample")
 FEATURE_DISTANCES = ("cosine", "mse")
+KD_REDUCTIONS = ("batchmean", "mean")
 
 
 def entropy(logits: Tensor, dim: int = -1) -> Tensor:
@@ -58,13 +59,23 @@ class KDLoss(nn.Module):
     ----------
     temperature : float, default 1.0
         Softmax temperature ``tau``; finite and > 0. Typical range 1 to 8.
+    reduction : {"batchmean", "mean"}, default "batchmean"
+        ``"batchmean"``: KL per sample, averaged over samples. ``"mean"``: averaged over every
+        (sample, class) element, i.e. ``batchmean / C`` — PromptKD's reduction, which it pairs with
+        a loss weight of 1000.
     """
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0, reduction: str = "batchmean"):
         super().__init__()
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        if reduction not in KD_REDUCTIONS:
+            raise ValueError(f"unknown KD reduction {reduction!r}; valid names: {', '.join(KD_REDUCTIONS)}")
         self.temperature = float(temperature)
+        self.reduction = reduction
+
+    def _reduce(self, kl_batchmean: Tensor, num_classes: int) -> Tensor:
+        return kl_batchmean / num_classes if self.reduction == "mean" else kl_batchmean
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
         """Return ``{"kd_loss": scalar}``; teacher logits are detached (treated as constants).
@@ -74,7 +85,7 @@ class KDLoss(nn.Module):
         """
         log_p_student, log_p_teacher = self.log_probs(student_logits, teacher_logits)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-        return {"kd_loss": self.temperature**2 * kl}
+        return {"kd_loss": self.temperature**2 * self._reduce(kl, student_logits.shape[1])}
 
     def log_probs(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
         """Validated ``log_softmax`` of both logit sets at the temperature (teacher detached)."""
@@ -192,7 +203,7 @@ class AMELoss(nn.Module):
 class SymmetricKLLoss(KDLoss):
     """Symmetric KL divergence used by KDPL: ``0.5 KL(pt || ps) + 0.5 KL(ps || pt)``.
 
-    Reduction is ``batchmean`` (per-sample KL averaged over the batch), like :class:`KDLoss`, and
+    Reduction as in :class:`KDLoss` (default ``batchmean``: per-sample KL averaged over the batch), and
     both directions are taken at temperature ``tau`` with the ``tau**2`` factor. Unlike KD, the
     reverse term makes the student avoid mass where the teacher has none (mode seeking).
 
@@ -200,6 +211,7 @@ class SymmetricKLLoss(KDLoss):
     ----------
     temperature : float, default 1.0
         Softmax temperature; finite and > 0.
+    reduction : {"batchmean", "mean"}, default "batchmean"
     """
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
@@ -207,7 +219,8 @@ class SymmetricKLLoss(KDLoss):
         log_ps, log_pt = self.log_probs(student_logits, teacher_logits)
         forward_kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
         reverse_kl = F.kl_div(log_pt, log_ps, reduction="batchmean", log_target=True)
-        return {"symmetric_kl_loss": self.temperature**2 * 0.5 * (forward_kl + reverse_kl)}
+        symmetric = self._reduce(0.5 * (forward_kl + reverse_kl), student_logits.shape[1])
+        return {"symmetric_kl_loss": self.temperature**2 * symmetric}
 
 
 class FeatureKDLoss(nn.Module):

@@ -149,13 +149,17 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Write the image tower and logit scale as safetensors, atomically (temp file + rename)."""
+    save_tensors(trainable_state_dict(model), path, metadata)
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write named tensors as safetensors, atomically; metadata values are stored as JSON."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(trainable_state_dict(model), str(tmp),
-              metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
     os.replace(tmp, path)
 
 

@@ -38,7 +38,7 @@ def base_new_split(num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(n_base, dtype=np.int64), np.arange(n_base, num_classes, dtype=np.int64)
 
 
-def few_shot_indices(labels, shots: int, seed: int, classes=None) -> np.ndarray:
+def few_shot_indices(labels, shots: int, seed: int, classes=None, exclude=None) -> np.ndarray:
     """Pick ``shots`` sample indices per class, without replacement, deterministically.
 
     Each class draws from its own generator seeded by ``(seed, class)``, so the samples chosen
@@ -55,6 +55,8 @@ def few_shot_indices(labels, shots: int, seed: int, classes=None) -> np.ndarray:
         Non-negative random seed.
     classes : array-like of int, optional
         Classes to sample from; default all classes present in ``labels``.
+    exclude : array-like of int, optional
+        Sample indices that may not be drawn (e.g. the training shots, when drawing a validation set).
 
     Returns
     -------
@@ -69,14 +71,18 @@ def few_shot_indices(labels, shots: int, seed: int, classes=None) -> np.ndarray:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     classes = np.unique(labels) if classes is None else np.unique(_as_numpy(classes))
+    allowed = np.ones(len(labels), dtype=bool)
+    if exclude is not None:
+        allowed[_as_numpy(exclude).astype(np.int64)] = False
     chosen = []
     for c in classes.tolist():
         if c < 0:
             raise ValueError(f"class labels must be non-negative, got {c}")
-        members = np.flatnonzero(labels == c)
+        members = np.flatnonzero((labels == c) & allowed)
         if len(members) < shots:
             raise ValueError(
-                f"class {c} has only {len(members)} samples, fewer than shots={shots}"
+                f"class {c} has only {len(members)} samples{' left' if exclude is not None else ''}, "
+                f"fewer than shots={shots}"
             )
         rng = np.random.default_rng([int(seed), int(c)])
         chosen.append(rng.choice(members, size=shots, replace=False))

@@ -23,6 +23,8 @@ from torch import nn
 # The embedded world's images are stored as uint8 RGB; models see them scaled to [-1, 1].
 IMAGE_MEAN = 0.5
 IMAGE_STD = 0.5
+OPTIMIZERS = ("adamw", "sgd")
+SELECTION_POLICIES = ("last", "best_val", "best_base_test")
 
 
 @dataclass
@@ -36,8 +38,14 @@ class OptimConfig:
     warmup_fraction: float = 0.1  # share of all steps spent ramping the learning rate up linearly
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 0  # seeds the batch order
+    optimizer: str = "adamw"  # "adamw" or "sgd" (with momentum, as PromptKD trains its prompts)
+    momentum: float = 0.9  # SGD momentum; unused by AdamW
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -53,10 +61,40 @@ class OptimConfig:
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; any other value is passed to ``torch.device``."""
+    """``"auto"`` picks CUDA when available, else CPU; any other value is passed to ``torch.device``.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set) ``"auto"`` picks this process's own GPU.
+    """
     if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
     return torch.device(preference)
+
+
+def init_distributed(device: torch.device | None = None) -> bool:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); return whether distributed.
+
+    NCCL on CUDA, gloo on CPU. A no-op in a single process or when the group already exists.
+    """
+    dist = torch.distributed
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    device = device or select_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a process group."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def autocast(device: torch.device):
@@ -122,9 +160,70 @@ def _param_groups(parameters: Iterable[nn.Parameter], weight_decay: float) -> li
     ]
 
 
+def make_optimizer(params: list[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(params, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+class ModelSelector:
+    """Keeps the trained modules' state of the epoch with the best score (model selection).
+
+    ``policy`` is one of ``SELECTION_POLICIES``: ``"last"`` keeps the final epoch (``score`` unused);
+    the others call ``score()`` after every epoch (higher is better) and restore the best epoch's
+    state when training ends. The name says what ``score`` measures — ``"best_val"``: accuracy on a
+    held-out validation set; ``"best_base_test"``: accuracy on the base classes' test images, which is
+    what the prompt-learning field reports, although it selects on test data. The choice and the
+    chosen epoch are recorded by the caller (see :meth:`summary`).
+    """
+
+    def __init__(self, policy: str = "last", score: Callable[[], float] | None = None):
+        if policy not in SELECTION_POLICIES:
+            raise ValueError(f"unknown selection policy {policy!r}; valid names: {', '.join(SELECTION_POLICIES)}")
+        if policy != "last" and score is None:
+            raise ValueError(f"selection policy {policy!r} needs a score function")
+        self.policy, self.score = policy, score
+        self.best_epoch, self.best_score, self.best_state = None, -math.inf, None
+        self.scores: list[float] = []
+
+    def observe(self, epoch: int, modules: list[nn.Module]) -> None:
+        if self.policy == "last":
+            self.best_epoch = epoch
+            return
+        states = [m.training for m in modules]
+        for module in modules:
+            module.eval()
+        value = float(self.score())
+        for module, training in zip(modules, states):
+            module.train(training)
+        self.scores.append(value)
+        if value > self.best_score:
+            self.best_epoch, self.best_score = epoch, value
+            self.best_state = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+
+    def restore(self, modules: list[nn.Module]) -> None:
+        if self.best_state is not None:
+            for module, state in zip(modules, self.best_state):
+                module.load_state_dict(state)
+
+    def summary(self) -> dict:
+        return {"policy": self.policy, "epoch": self.best_epoch,
+                "score": None if self.policy == "last" else self.best_score, "scores": list(self.scores)}
+
+    def state_dict(self) -> dict:
+        return {"best_epoch": self.best_epoch, "best_score": self.best_score, "best_state": self.best_state,
+                "scores": self.scores}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_epoch, self.best_score = state["best_epoch"], state["best_score"]
+        self.best_state, self.scores = state["best_state"], list(state["scores"])
+
+
 def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         num_samples: int, config: OptimConfig, device: torch.device, log_path: str | Path | None = None,
-        progress: bool = False, checkpoint_path: str | Path | None = None) -> list[dict]:
+        progress: bool = False, checkpoint_path: str | Path | None = None,
+        selector: ModelSelector | None = None) -> list[dict]:
     """Train ``modules`` by minimising the summed ``*_loss`` terms of ``step_loss``.
 
     Parameters
@@ -144,10 +243,22 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     progress : bool
         Show a tqdm progress bar.
     checkpoint_path : path, optional
-        Training state (modules, optimiser, schedule, batch order, RNG) is written here atomically
-        after every epoch. If the file exists when ``fit`` starts, training resumes after the last
-        completed epoch and ends with the same parameters as an uninterrupted run; the log keeps
-        exactly the records of the completed steps.
+        Training state (modules, optimiser, schedule, batch order, RNG, model selection) is written
+        here atomically after every epoch. If the file exists when ``fit`` starts, training resumes
+        after the last completed epoch and ends with the same parameters as an uninterrupted run; the
+        log keeps exactly the records of the completed steps.
+    selector : ModelSelector, optional
+        Scores the modules after each epoch and restores the best epoch at the end; default: last.
+
+    Data parallel
+    -------------
+    Inside a ``torch.distributed`` process group (``torchrun``; see :func:`init_distributed`) every
+    process draws the same global batch order, takes every ``world_size``-th index of each batch,
+    and gradients are averaged over processes before each optimiser step — what
+    ``DistributedDataParallel`` does, done explicitly because recipes call the towers'
+    ``encode_*`` methods rather than ``forward``. Parameters start from rank 0's values; only
+    rank 0 writes the log and checkpoints. Losses that couple a batch's rows (AME's paper variant)
+    see each process's shard, not the global batch.
 
     Returns
     -------
@@ -158,8 +269,11 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     if num_samples < 1:
         raise ValueError("fit needs at least one training sample")
     configure_backends(device)
+    rank, world_size = distributed_rank()
+    selector = selector or ModelSelector("last")
     params = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.AdamW(_param_groups(params, config.weight_decay), lr=config.lr)
+    trainable = [p for p in params if p.requires_grad]
+    optimizer = make_optimizer(params, config)
     steps_per_epoch = math.ceil(num_samples / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -168,11 +282,15 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     first_epoch = step = 0
     history = []
     if checkpoint_path and Path(checkpoint_path).is_file():
-        first_epoch, step = _restore(checkpoint_path, modules, optimizer, scheduler, order)
-        history = _truncate_log(log_path, step) if log_path else []
-    log_file = open(log_path, "a") if log_path else None
+        first_epoch, step = _restore(checkpoint_path, modules, optimizer, scheduler, order, selector)
+        history = _truncate_log(log_path, step) if log_path and rank == 0 else []
+    if world_size > 1:
+        for tensor in [p.data for p in params] + [b for m in modules for b in m.buffers()]:
+            torch.distributed.broadcast(tensor, src=0)
+    writer = rank == 0
+    log_file = open(log_path, "a") if log_path and writer else None
     bar = None
-    if progress:
+    if progress and writer:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps, leave=False)
     if bar is not None:
@@ -183,16 +301,23 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         for epoch in range(first_epoch, config.epochs):
             permutation = torch.randperm(num_samples, generator=order).to(device)
             for start in range(0, num_samples, config.batch_size):
-                indices = permutation[start:start + config.batch_size]
+                indices = permutation[start:start + config.batch_size][rank::world_size]
                 with autocast(device):
                     terms = step_loss(indices)
                 loss = sum(v for k, v in terms.items() if k.endswith("_loss"))
-                if not torch.isfinite(loss):
+                finite = torch.isfinite(loss.detach())
+                if world_size > 1:  # every process must stop together, or the others wait forever
+                    finite = finite.float()
+                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                    finite = bool(finite)
+                if not finite:
                     raise FloatingPointError(
                         f"non-finite loss at epoch {epoch}, step {step}: "
                         + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if world_size > 1:
+                    _average_gradients(trainable, world_size)
                 if config.grad_clip:
                     nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
@@ -208,8 +333,10 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 step += 1
             if log_file:
                 log_file.flush()
-            if checkpoint_path:
-                _save_checkpoint(checkpoint_path, modules, optimizer, scheduler, order, epoch + 1, step)
+            selector.observe(epoch, modules)
+            if checkpoint_path and writer:
+                _save_checkpoint(checkpoint_path, modules, optimizer, scheduler, order, epoch + 1, step, selector)
+        selector.restore(modules)
     finally:
         for module in modules:
             module.eval()
@@ -220,10 +347,25 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     return history
 
 
-def _save_checkpoint(path, modules, optimizer, scheduler, order, epochs_done: int, step: int) -> None:
+def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    # One flat all-reduce instead of one per tensor; a process whose shard left a parameter unused
+    # contributes zeros, so every process calls the collective with the same shapes.
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def _save_checkpoint(path, modules, optimizer, scheduler, order, epochs_done: int, step: int,
+                     selector: ModelSelector | None = None) -> None:
     state = {"modules": [m.state_dict() for m in modules], "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "order": order.get_state(), "torch_rng": torch.get_rng_state(),
-             "epochs_done": epochs_done, "step": step}
+             "epochs_done": epochs_done, "step": step,
+             "selector": selector.state_dict() if selector is not None else None}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -231,7 +373,7 @@ def _save_checkpoint(path, modules, optimizer, scheduler, order, epochs_done: in
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
 
-def _restore(path, modules, optimizer, scheduler, order) -> tuple[int, int]:
+def _restore(path, modules, optimizer, scheduler, order, selector: ModelSelector | None = None) -> tuple[int, int]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if len(state["modules"]) != len(modules):
         raise ValueError(f"checkpoint {path} holds {len(state['modules'])} modules, this run trains {len(modules)}")
@@ -241,6 +383,8 @@ def _restore(path, modules, optimizer, scheduler, order) -> tuple[int, int]:
     scheduler.load_state_dict(state["scheduler"])
     order.set_state(state["order"])
     torch.set_rng_state(state["torch_rng"])
+    if selector is not None and state.get("selector") is not None:
+        selector.load_state_dict(state["selector"])
     return state["epochs_done"], state["step"]
 
 

@@ -1,0 +1,292 @@
+"""PromptKD prompts, DHO heads, class-agnostic KDPL, model selection, teacher cache, data-parallel fit."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench import recipes
+from workbench.cache import cached_image_features, model_fingerprint
+from workbench.losses import KDLoss, SymmetricKLLoss
+from workbench.prompts import PromptedStudent, VisualPrompts
+from workbench.train import ModelSelector, OptimConfig, fit
+
+from test_train import _world_like
+
+
+def _vectors(classes=4, width=384, seed=1):
+    return F.normalize(torch.randn(classes, width, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _teacher(labels, vectors):
+    return recipes.TeacherTargets(vectors[torch.as_tensor(labels)], logit_scale=20.0)
+
+
+# ------------------------------------------------------------------ deep visual prompts
+
+def test_prompted_tower_equals_open_clip_forward_with_the_same_tokens_inserted(student_and_tokenizer):
+    """The prompt path is checked against open_clip's own forward, with the prompts put in by hooks."""
+    visual = student_and_tokenizer[0].visual
+    prompts = VisualPrompts(visual.transformer.width, num_tokens=3, depth=2)
+    images = torch.randn(5, 3, 32, 32)
+    hooks = [visual.ln_pre.register_forward_pre_hook(
+        lambda _, args: (torch.cat([args[0], prompts.tokens[0].expand(len(args[0]), -1, -1)], dim=1),))]
+
+    def replace(layer):
+        def hook(_, args, kwargs):
+            x = args[0]
+            return (torch.cat([x[:, :-3], prompts.tokens[layer].expand(len(x), -1, -1)], dim=1),), kwargs
+        return hook
+
+    hooks.append(visual.transformer.resblocks[1].register_forward_pre_hook(replace(1), with_kwargs=True))
+    hooks.append(visual.ln_post.register_forward_pre_hook(lambda _, args: (args[0][:, :-3],)))
+    try:
+        reference = visual(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(prompts.encode(visual, images), reference)
+    assert not torch.allclose(reference, visual(images))  # the prompts do change the features
+
+
+def test_prompted_student_trains_prompts_and_projector_only(student_and_tokenizer):
+    student = copy.deepcopy(student_and_tokenizer[0])
+    model = PromptedStudent(student, teacher_width=128, logit_scale=50.0, num_tokens=4, depth=2)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "prompts.tokens", "projector.weight", "projector.bias"}
+    assert model.encode_image(torch.randn(2, 3, 32, 32), normalize=True).shape == (2, 128)
+    square = PromptedStudent(copy.deepcopy(student_and_tokenizer[0]), 384, 50.0)
+    torch.testing.assert_close(square.projector.weight, torch.eye(384))  # starts at the student's own embedding
+    with pytest.raises(ValueError, match="prompt depth 5 exceeds the image tower's 2 layers"):
+        VisualPrompts(64, depth=5).encode(student.visual, torch.randn(1, 3, 32, 32))
+    with pytest.raises(TypeError, match="need an open_clip VisionTransformer"):
+        VisualPrompts(8).encode(torch.nn.Linear(3, 3), torch.randn(1, 3))
+
+
+# ------------------------------------------------------------------ recipes × AME
+
+def _distill(student_and_tokenizer, recipe, ame_weight, epochs=8, **config):
+    student = copy.deepcopy(student_and_tokenizer[0])
+    images, labels = _world_like()
+    vectors = _vectors()
+    settings = recipes.DistillConfig(recipe=recipe, ame_weight=ame_weight, **config,
+                                     optim=OptimConfig(epochs=epochs, batch_size=16, lr=2e-3, warmup_fraction=0.0))
+    backbone = {k: v.clone() for k, v in student.visual.state_dict().items()}
+    result = recipes.distill(student, images, _teacher(labels, vectors), vectors, settings, torch.device("cpu"),
+                             labels=labels, validation=(images[:16], labels[:16]))
+    return student, backbone, result
+
+
+@pytest.mark.parametrize("recipe, ame_weight, key", [
+    ("promptkd", 0.0, "kd_loss"), ("promptkd", 50.0, "kd_loss"),
+    ("dho", 0.0, "kd_loss"), ("dho", 50.0, "kd_loss"), ("dho", 0.0, "ce_loss")])
+def test_promptkd_and_dho_lower_their_loss_with_and_without_ame(student_and_tokenizer, recipe, ame_weight, key):
+    student, backbone, result = _distill(student_and_tokenizer, recipe, ame_weight)
+    history = result.history
+    first, last = np.mean([h[key] for h in history[:4]]), np.mean([h[key] for h in history[-4:]])
+    assert last < 0.8 * first
+    assert ("manifold_entropy" in history[0]) == (ame_weight > 0)
+    if ame_weight:
+        assert history[-1]["manifold_entropy"] < history[0]["manifold_entropy"]
+    frozen = all(torch.equal(v, backbone[k]) for k, v in student.visual.state_dict().items())
+    assert frozen == (recipe == "promptkd")  # PromptKD never touches the backbone; DHO trains it
+
+
+def test_promptkd_with_the_field_settings_uses_per_element_kd(student_and_tokenizer):
+    _, _, result = _distill(student_and_tokenizer, "promptkd", 0.0, epochs=1, kd_weight=1000.0, kd_reduction="mean")
+    _, _, plain = _distill(student_and_tokenizer, "promptkd", 0.0, epochs=1)
+    # Same first batch, same initial prompts: 1000 × per-element mean = 1000 / C × batchmean (C = 4).
+    assert result.history[0]["kd_loss"] == pytest.approx(250.0 * plain.history[0]["kd_loss"], rel=1e-5)
+
+
+def test_kd_reductions_match_the_plain_formula():
+    s, t = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    p_t = t.softmax(1)
+    kl = (p_t * (p_t.log() - s.log_softmax(1))).sum(1)
+    assert KDLoss(reduction="mean")(s, t)["kd_loss"].item() == pytest.approx(kl.mean().item() / 5, rel=1e-10)
+    reverse = (s.softmax(1) * (s.log_softmax(1) - t.log_softmax(1))).sum(1)
+    expected = 0.5 * (kl + reverse).mean().item() / 5
+    assert SymmetricKLLoss(reduction="mean")(s, t)["symmetric_kl_loss"].item() == pytest.approx(expected, rel=1e-10)
+    s.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: KDLoss(2.0, reduction="mean")(x, t)["kd_loss"], (s,))
+    with pytest.raises(ValueError, match="unknown KD reduction 'sum'; valid names: batchmean, mean"):
+        KDLoss(reduction="sum")
+
+
+def test_class_agnostic_kdpl_distils_over_the_teachers_top_k(student_and_tokenizer):
+    student = copy.deepcopy(student_and_tokenizer[0])
+    images, labels = _world_like()
+    vocabulary = _vectors(classes=12)
+    settings = recipes.DistillConfig(recipe="kdpl", kdpl_top_k=3, ame_weight=10.0,
+                                     optim=OptimConfig(epochs=6, batch_size=16, lr=2e-3, warmup_fraction=0.0))
+    result = recipes.distill(student, images, _teacher(labels, vocabulary), vocabulary[:4], settings,
+                             torch.device("cpu"), vocabulary=vocabulary)
+    history = result.history
+    assert np.mean([h["symmetric_kl_loss"] for h in history[-4:]]) < np.mean(
+        [h["symmetric_kl_loss"] for h in history[:4]])
+    with pytest.raises(ValueError, match="kdpl_top_k=20 exceeds the vocabulary's 12 classes"):
+        recipes.distill(student, images, _teacher(labels, vocabulary), vocabulary[:4],
+                        recipes.DistillConfig(recipe="kdpl", kdpl_top_k=20), torch.device("cpu"), vocabulary=vocabulary)
+
+
+def test_recipes_without_projector_refuse_mismatched_widths(student_and_tokenizer):
+    images, labels = _world_like(8)
+    wide = _vectors(width=512)
+    with pytest.raises(ValueError, match="student embeddings have width 384 but the class vectors 512"):
+        recipes.distill(student_and_tokenizer[0], images, _teacher(labels, wide), wide, recipes.DistillConfig(),
+                        torch.device("cpu"))
+    with pytest.raises(ValueError, match="recipe 'dho' needs labels"):
+        recipes.distill(student_and_tokenizer[0], images, _teacher(labels, _vectors()), _vectors(),
+                        recipes.DistillConfig(recipe="dho"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown selection 'best'; valid names: last, best_val, best_base_test"):
+        recipes.DistillConfig(selection="best")
+
+
+def test_live_teacher_gives_the_cached_teachers_losses(student_and_tokenizer):
+    teacher = copy.deepcopy(student_and_tokenizer[0]).eval()
+    images, _ = _world_like(32)
+    vectors = _vectors()
+    histories = []
+    for mode in ("cached", "live"):
+        settings = recipes.DistillConfig(teacher_mode=mode, optim=OptimConfig(epochs=1, batch_size=16))
+        targets = recipes.TeacherTargets.from_model(teacher, images, live=mode == "live")
+        assert (targets.features is None) == (mode == "live")
+        student = copy.deepcopy(student_and_tokenizer[0])
+        histories.append(recipes.distill(student, images, targets, vectors, settings, torch.device("cpu")).history)
+    for cached, live in zip(*histories):
+        assert live["kd_loss"] == pytest.approx(cached["kd_loss"], rel=1e-4, abs=1e-6)
+
+
+# ------------------------------------------------------------------ DHO inference
+
+def test_dho_mixes_the_heads_as_the_formula_says(student_and_tokenizer):
+    model = recipes.DualHeadStudent(copy.deepcopy(student_and_tokenizer[0]), _vectors(), alpha=0.3, beta=2.0)
+    with torch.no_grad():
+        model.kd_head.weight.add_(0.1 * torch.randn_like(model.kd_head.weight))
+    features = F.normalize(torch.randn(7, 384), dim=-1)
+    z_ce, z_kd = model.head_logits(features)
+    expected = (0.3 * z_ce.softmax(1) + 0.7 * (z_kd / 2.0).softmax(1)).log()
+    torch.testing.assert_close(model.class_logits(features), expected)
+    torch.testing.assert_close(model.class_logits(features, alpha=1.0), z_ce.log_softmax(1))
+    torch.testing.assert_close(model.class_logits(features, alpha=0.0, beta=0.5), (2 * z_kd).log_softmax(1))
+    with pytest.raises(ValueError, match="DHO heads score 4 classes, asked for 5"):
+        model.class_logits(features, _vectors(classes=5))
+
+
+def test_dho_mixing_is_chosen_on_validation(student_and_tokenizer):
+    model = recipes.DualHeadStudent(copy.deepcopy(student_and_tokenizer[0]), _vectors())
+    images, labels = _world_like(32, classes=4)
+    features = recipes.encode_images(model, images)
+    with torch.no_grad():  # a CE head that is right on every validation image, a KD head that is not
+        model.ce_head.weight.copy_(torch.stack([F.normalize(features[labels == c].mean(0), dim=0) for c in range(4)]))
+        model.kd_head.weight.copy_(_vectors(seed=7))
+    choice = recipes.choose_dho_mixing(model, images, labels, torch.arange(4), torch.device("cpu"))
+    ce_only = float((model.class_logits(features, alpha=1.0).argmax(1) == torch.as_tensor(labels)).float().mean())
+    assert choice["val_acc"] >= ce_only
+    assert (model.alpha, model.beta) == (choice["alpha"], choice["beta"])
+
+
+# ------------------------------------------------------------------ model selection
+
+def _selection_run(scores, checkpoint=None, first_epoch=0, die_at_epoch=None):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 1)
+    inputs, targets = torch.randn(16, 2), torch.randn(16, 1)
+    snapshots = {}
+
+    def score():
+        epoch = first_epoch + len(snapshots)
+        if epoch == die_at_epoch:
+            raise KeyboardInterrupt(f"killed while scoring epoch {epoch}")
+        snapshots[epoch] = layer.weight.detach().clone()
+        return scores[epoch]
+
+    selector = ModelSelector("best_val", score)
+    fit([layer], lambda i: {"mse_loss": (layer(inputs[i]) - targets[i]).pow(2).mean()}, 16,
+        OptimConfig(epochs=4, batch_size=8, lr=0.1, weight_decay=0.0), torch.device("cpu"),
+        checkpoint_path=checkpoint, selector=selector)
+    return layer, selector, snapshots
+
+
+def test_best_epoch_selection_restores_the_best_state_and_survives_resume(tmp_path):
+    scores = [0.2, 0.9, 0.5, 0.1]
+    layer, selector, snapshots = _selection_run(scores)
+    assert selector.summary() == {"policy": "best_val", "epoch": 1, "score": 0.9, "scores": scores}
+    torch.testing.assert_close(layer.weight, snapshots[1])  # epoch 1 scored best ...
+    assert not torch.equal(snapshots[1], snapshots[3])  # ... and differs from the last epoch
+
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _selection_run(scores, checkpoint, die_at_epoch=2)  # epochs 0 and 1 are checkpointed
+    resumed, selector, _ = _selection_run(scores, checkpoint, first_epoch=2)
+    assert selector.summary()["epoch"] == 1 and selector.summary()["scores"] == scores
+    torch.testing.assert_close(resumed.weight, layer.weight)  # the best state came back from the checkpoint
+
+
+def test_selection_policy_needs_its_data(student_and_tokenizer):
+    images, labels = _world_like(8)
+    with pytest.raises(ValueError, match="selection 'best_base_test' needs the base_test images"):
+        recipes.distill(student_and_tokenizer[0], images, _teacher(labels, _vectors()), _vectors(),
+                        recipes.DistillConfig(selection="best_base_test"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="selection policy 'best_val' needs a score function"):
+        ModelSelector("best_val")
+
+
+# ------------------------------------------------------------------ teacher cache
+
+def test_teacher_features_are_cached_on_disk_and_memory_mapped(tmp_path, student_and_tokenizer):
+    model = student_and_tokenizer[0]
+    images, _ = _world_like(20)
+    first, path = cached_image_features(model, images, tmp_path, batch_size=8)
+    again, same_path = cached_image_features(model, images, tmp_path)
+    assert same_path == path and path.is_file() and len(list(tmp_path.iterdir())) == 1  # no temp file left
+    torch.testing.assert_close(again, recipes.encode_images(model, images))
+    assert isinstance(np.load(path, mmap_mode="r"), np.memmap)
+    changed = images.copy()
+    changed[0, 0, 0, 0] ^= 1
+    assert cached_image_features(model, changed, tmp_path)[1] != path  # other pixels, other entry
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.visual.proj.add_(1e-3)
+    assert model_fingerprint(other) != model_fingerprint(model)
+    with pytest.raises(ValueError, match="no images to encode"):
+        cached_image_features(model, images[:0], tmp_path)
+
+
+# ------------------------------------------------------------------ data parallel
+
+def _ddp_worker(rank, world_size, init_file, out_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size)
+    try:
+        torch.save(_train_small(), out_file if rank == 0 else out_file + f".{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train_small():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    generator = torch.Generator().manual_seed(1)
+    inputs, targets = torch.randn(48, 6, generator=generator), torch.randn(48, 3, generator=generator)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+        torch.manual_seed(99)  # a different start on rank 1: fit must broadcast rank 0's
+        for p in net.parameters():
+            p.data.normal_()
+    fit([net], lambda i: {"mse_loss": (net(inputs[i]) - targets[i]).pow(2).mean()}, 48,
+        OptimConfig(epochs=3, batch_size=16, lr=0.01, weight_decay=0.0), torch.device("cpu"))
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_two_process_gloo_run_equals_one_process_on_the_same_global_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    single = _train_small()
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    parallel, other_rank = torch.load(out, weights_only=True), torch.load(out + ".1", weights_only=True)
+    for name in single:
+        torch.testing.assert_close(parallel[name], single[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(other_rank[name], parallel[name])  # ranks stay in lockstep

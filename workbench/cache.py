@@ -1,0 +1,85 @@
+"""Teacher outputs computed once and kept on disk, memory-mapped.
+
+A teacher's image embeddings depend only on its weights and the pixels, so they are keyed by a
+fingerprint of both and stored as ``.npy`` files that later runs map into memory instead of running
+the teacher again. Writes go to a temporary file renamed into place, so an interrupted extraction
+never leaves a truncated cache entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .train import autocast, images_to_device, normalize_images
+
+
+def array_fingerprint(array) -> str:
+    """Short SHA-256 of an array's shape, dtype and bytes."""
+    array = np.ascontiguousarray(np.asarray(array))
+    digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Short SHA-256 of every tensor in ``model.state_dict()`` (names, shapes, dtypes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)  # 1-D, so 0-d scalars can be viewed as bytes
+        digest.update(memoryview(flat.view(torch.uint8).numpy()).cast("B"))
+    return digest.hexdigest()[:16]
+
+
+def load_features(path: str | os.PathLike) -> torch.Tensor:
+    """A cached ``.npy`` feature file as a CPU tensor backed by a read-only memory map (no copy)."""
+    array = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():  # torch warns that the map is read-only; nothing writes to it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+@torch.no_grad()
+def cached_image_features(model: nn.Module, images, cache_dir: str | os.PathLike, batch_size: int = 512,
+                          device: torch.device | None = None, dtype=np.float32) -> tuple[torch.Tensor, Path]:
+    """Unit-norm image embeddings of ``images`` (uint8 NHWC) by ``model``, cached under ``cache_dir``.
+
+    Returns the features (memory-mapped when read from the cache) and the cache file's path. The
+    key combines :func:`model_fingerprint` and :func:`array_fingerprint`, so changed weights or
+    pixels never reuse stale features. ``dtype=np.float16`` halves the file for large datasets.
+    """
+    if len(images) == 0:
+        raise ValueError("no images to encode")
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"features-{model_fingerprint(model)}-{array_fingerprint(images)}.npy"
+    if path.is_file():
+        return load_features(path), path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    tmp = path.with_name(path.name + ".tmp.npy")
+    out = None
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = normalize_images(images_to_device(images[start:start + batch_size], device))
+            with autocast(device):
+                features = model.encode_image(batch, normalize=True).float().cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(images), features.shape[1]))
+            out[start:start + len(features)] = features
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        model.train(was_training)
+        if tmp.exists():
+            tmp.unlink()
+    return load_features(path), path

@@ -1,0 +1,124 @@
+"""Deep visual prompts for an open_clip ViT image tower, and the prompted student PromptKD trains.
+
+A few learnable tokens are appended after the class and patch tokens of the image tower; in each of
+the first ``depth`` transformer layers the prompt tokens coming out of the previous layer are
+replaced by that layer's own learnable tokens (VPT-deep). The backbone's weights never change, so
+only ``num_tokens × depth × width`` prompt parameters (plus a projector) train.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check_vit(visual: nn.Module) -> None:
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "_pool")
+    missing = [name for name in needed if not hasattr(visual, name)]
+    if missing:
+        raise TypeError(f"deep visual prompts need an open_clip VisionTransformer image tower; "
+                        f"{type(visual).__name__} lacks {', '.join(missing)}")
+    if getattr(visual, "attn_pool", None) is not None:
+        raise TypeError("deep visual prompts do not support attention-pooled image towers (attn_pool)")
+
+
+class VisualPrompts(nn.Module):
+    """Learnable prompt tokens for the first ``depth`` layers of a ViT of width ``width``.
+
+    Parameters
+    ----------
+    width : int
+        Token width of the image tower (``visual.transformer.width``).
+    num_tokens : int, default 4
+        Prompt tokens per layer; > 0.
+    depth : int, default 1
+        Number of layers, counted from the first, that receive fresh prompt tokens; 1 is shallow
+        VPT, the tower's layer count is fully deep.
+    """
+
+    def __init__(self, width: int, num_tokens: int = 4, depth: int = 1):
+        super().__init__()
+        for name, value in (("width", width), ("num_tokens", num_tokens), ("depth", depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.num_tokens, self.depth = num_tokens, depth
+        # Same scale as the tower's own token embeddings at initialisation (open_clip uses width^-0.5).
+        self.tokens = nn.Parameter(torch.randn(depth, num_tokens, width) * width ** -0.5)
+
+    def encode(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``visual(images)`` with the prompts inserted: pooled, projected image features."""
+        _check_vit(visual)
+        blocks = visual.transformer.resblocks
+        if self.depth > len(blocks):
+            raise ValueError(f"prompt depth {self.depth} exceeds the image tower's {len(blocks)} layers")
+        x = visual.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.patch_dropout(x)
+        prompts = self.tokens.to(x.dtype)
+        x = torch.cat([x, prompts[0].expand(x.shape[0], -1, -1)], dim=1)
+        x = visual.ln_pre(x)
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for index, block in enumerate(blocks):
+            if 0 < index < self.depth:
+                fresh = prompts[index].expand(x.shape[0 if batch_first else 1], -1, -1)
+                if batch_first:
+                    x = torch.cat([x[:, :-self.num_tokens], fresh], dim=1)
+                else:
+                    x = torch.cat([x[:-self.num_tokens], fresh.transpose(0, 1)], dim=0)
+            x = block(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        x = x[:, :-self.num_tokens]  # pooling sees the tower's own tokens only, as without prompts
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled
+
+
+class PromptedStudent(nn.Module):
+    """A student CLIP's image tower with deep visual prompts and a projector to the teacher's width.
+
+    Behaves like an open_clip model for evaluation (``encode_image``, ``logit_scale``): images land
+    in the teacher's embedding space, where they are compared with the teacher's class text vectors.
+    Only ``prompts`` and ``projector`` are meant to train; the backbone is frozen here.
+
+    Parameters
+    ----------
+    student : open_clip model
+        Its ``visual`` tower must be a ViT.
+    teacher_width : int
+        Width of the teacher's embeddings (the class vectors the student is scored against).
+    logit_scale : float
+        Multiplier of cosine similarities (PromptKD uses the teacher's).
+    num_tokens, depth : int
+        See :class:`VisualPrompts`.
+    """
+
+    def __init__(self, student: nn.Module, teacher_width: int, logit_scale: float, num_tokens: int = 4,
+                 depth: int = 1):
+        super().__init__()
+        _check_vit(student.visual)
+        self.visual = student.visual
+        for p in self.visual.parameters():
+            p.requires_grad_(False)
+        self.prompts = VisualPrompts(self.visual.transformer.width, num_tokens, depth)
+        student_width = int(student.visual.output_dim)
+        self.projector = nn.Linear(student_width, teacher_width)
+        if student_width == teacher_width:
+            # Start from the student's own (zero-shot) embedding rather than a random rotation of it.
+            with torch.no_grad():
+                self.projector.weight.copy_(torch.eye(teacher_width))
+                self.projector.bias.zero_()
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)).log())
+
+    def trainable(self) -> list[nn.Module]:
+        return [self.prompts, self.projector]
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.projector(self.prompts.encode(self.visual, images))
+        return F.normalize(features, dim=-1) if normalize else features
