@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench quickstart|train``. Thin: parsing here, work in the library."""
+"""Command line: ``python -m workbench quickstart|train|pipeline``. Thin: parsing here, work in the library."""
 
 from __future__ import annotations
 
@@ -38,6 +38,108 @@ def train(args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def _overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set expects name=value, got {pair!r}")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load(args: argparse.Namespace):
+    from .pipeline import SpecError, load_spec
+
+    try:
+        return load_spec(args.spec, overrides=_overrides(args.set), output=args.output or None)
+    except (SpecError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def pipeline_run(args: argparse.Namespace) -> int:
+    """Execute the missing, failed and interrupted runs of a spec; exit status 1 if one of them failed."""
+    from .pipeline import run_pipeline
+
+    spec = _load(args)
+    devices = [d for d in args.devices.split(",") if d] if args.devices else None
+    try:
+        result = run_pipeline(spec, workers=args.workers, shard=args.shard, only_index=args.only_index,
+                              rerun_stale=args.rerun_stale, devices=devices, progress=not args.quiet)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    for planned in result.planned:
+        if planned.state in ("stale", "conflict", "running") and planned.run.run_id not in result.executed:
+            print(f"{planned.state}: {planned.run.run_id}: {planned.detail}")
+    for run_id in result.failed:
+        print(f"failed: {run_id}: {result.executed[run_id].get('error', '')}  "
+              f"(see {spec.output / run_id / 'status.json'})")
+    print(result.summary())
+    print(f"index: {result.index}")
+    return 1 if result.failed else 0
+
+
+def pipeline_plan(args: argparse.Namespace) -> int:
+    """Print every selected run of a spec with its index and state; runs nothing."""
+    from .pipeline import plan
+
+    spec = _load(args)
+    try:
+        planned = plan(spec, shard=args.shard, only_index=args.only_index)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    for p in planned:
+        print(f"{p.run.index:5d}  {p.state:10s}  {p.run.run_id}" + (f"  ({p.detail})" if p.detail else ""))
+    counts = {}
+    for p in planned:
+        counts[p.state] = counts.get(p.state, 0) + 1
+    print(f"{len(planned)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; output {spec.output}")
+    return 0
+
+
+def pipeline_index(args: argparse.Namespace) -> int:
+    """Rebuild <dir>/index.csv from the run directories."""
+    from .pipeline import collect_runs, write_index
+
+    if not Path(args.dir).is_dir():
+        raise SystemExit(f"error: {args.dir} is not a directory")
+    path = write_index(args.dir)
+    counts = {}
+    for record in collect_runs(args.dir):
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    print(f"{path}: {sum(counts.values())} runs (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")")
+    return 0
+
+
+def pipeline_report(args: argparse.Namespace) -> int:
+    """Write summary.csv, paired.csv and report.html for the runs of a pipeline output directory."""
+    import dataclasses
+
+    from .pipeline import ReportSettings, build_report
+    from .runs import read_json
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise SystemExit(f"error: {directory} is not a directory")
+    settings = None
+    if args.metric:
+        record = directory / "pipeline.json"
+        base = ReportSettings.from_dict(read_json(record).get("report") if record.is_file() else None)
+        settings = dataclasses.replace(base, metrics=tuple(args.metric))
+    report = build_report(directory, settings, args.out or None)
+    for row in report["result"]["paired"]:
+        groups = ", ".join(f"{g}={row[g]}" for g in report["result"]["groups"])
+        sweep = report["result"]["sweep"]
+        print(f"{groups}  {sweep}={row[sweep]} vs {row['off']}  {row['metric']}: "
+              f"{row['mean_diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] n={row['n']}")
+    print(f"runs: " + ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())))
+    for key in ("summary_csv", "paired_csv", "html"):
+        print(f"{key.replace('_', '.')}: {report[key]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,13 +157,54 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", default="", help="results directory (default runs/<config>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     tr.set_defaults(func=train)
+    _add_pipeline(commands)
     return parser
+
+
+PIPELINE_HELP = """Scale-out: the runs of a spec are independent and every run keeps its results in its own
+directory, so processes executing disjoint runs may share one output directory. One machine, several GPUs:
+--devices 0,1,2,3 (one worker per GPU, each sees one through CUDA_VISIBLE_DEVICES). Several
+machines: --shard i/n on machine i (runs with index % n == i). A cluster array job: `pipeline plan`
+gives the number of runs N; submit indices 0..N-1 with --only-index $SLURM_ARRAY_TASK_ID. Afterwards
+`pipeline index DIR` and `pipeline report DIR` rebuild the table and the report from the run directories."""
+
+
+def _add_pipeline(commands) -> None:
+    pl = commands.add_parser("pipeline", help="parameter sweeps of notebooks: run, plan, index, report",
+                             description="Sweeps of papermill notebook runs declared in a spec (pipelines/*.yaml).",
+                             epilog=PIPELINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = pl.add_subparsers(dest="pipeline_command", required=True)
+    for name, func, text in (("run", pipeline_run, "execute the runs that are missing, failed or interrupted"),
+                             ("plan", pipeline_plan, "list the runs with their index and state; run nothing")):
+        p = sub.add_parser(name, help=text, epilog=PIPELINE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("spec", help="pipeline spec, e.g. pipelines/ame_ablation.yaml")
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--shard", default=None, help="i/n: only the runs whose index %% n == i (0 <= i < n)")
+        which.add_argument("--only-index", type=int, default=None, help="only the run at this index (array jobs)")
+        p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="override a base parameter, or a grid parameter's values (YAML value; repeatable)")
+        p.add_argument("--output", default="", help="output directory instead of the spec's")
+        p.set_defaults(func=func)
+        if name == "run":
+            p.add_argument("--workers", type=int, default=1, help="runs executed at once (default 1)")
+            p.add_argument("--devices", default="", help="comma-separated GPU ids, one worker each (CUDA_VISIBLE_DEVICES)")
+            p.add_argument("--rerun-stale", action="store_true",
+                           help="rerun finished runs whose parameters or code changed (old ones move to .stale/)")
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
+    ix = sub.add_parser("index", help="rebuild DIR/index.csv (one row per run: parameters, metrics, status)")
+    ix.add_argument("dir", help="pipeline output directory")
+    ix.set_defaults(func=pipeline_index)
+    rp = sub.add_parser("report", help="grouped statistics, paired on/off comparisons, CSV and offline HTML")
+    rp.add_argument("dir", help="pipeline output directory")
+    rp.add_argument("--metric", action="append", default=[], help="metric to summarise (repeatable; default: the spec's)")
+    rp.add_argument("--out", default="", help="report directory (default DIR/report)")
+    rp.set_defaults(func=pipeline_report)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.func(args)
-    return 0
+    result = args.func(args)
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

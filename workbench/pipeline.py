@@ -1,23 +1,90 @@
-"""Notebooks as parameterised, reproducible pipeline steps (executed with papermill)."""
+"""Notebooks as parameterised, reproducible pipeline steps: papermill runs, sweeps, an index and a report.
+
+A **pipeline spec** (YAML, read with ``yaml.safe_load``) names a notebook, base parameters and a
+parameter grid::
+
+    name: ame_ablation                      # letters, digits, '.', '_', '-'
+    notebook: notebooks/run_experiment.ipynb  # or `notebooks: [a.ipynb, b.ipynb]`
+    output: runs/pipelines/ame_ablation     # default runs/pipelines/<name>
+    parameters: {preset: full, epochs: 20}  # passed to every run
+    grid:                                   # cartesian product, in this order (last varies fastest)
+      recipe: [logit_kd, promptkd]
+      ame_weight: [0, 50]
+      seed: [0, 1, 2]
+    exclude:                                # optional: drop grid points matching every key of an entry
+      - {recipe: promptkd, ame_weight: 0}   # a value may also be a list (matches any of them)
+    cell_timeout: 3600                      # optional: seconds one notebook cell may run
+    report: {metrics: [hm], seed: seed, sweep: ame_weight, off_value: 0, on_value: 50}  # ReportSettings
+
+Relative paths (``notebook``, ``output``) are relative to the current directory; notebooks run with
+the repository root as their working directory. Every parameter must be declared in the notebook's
+cell tagged ``parameters`` (``run_dir`` and ``overwrite_run_dir`` are set by the pipeline).
+
+Each grid point is a :class:`Run` with a stable position (``index``, the ``--only-index`` of a cluster
+array job) and a readable id, e.g. ``recipe=logit_kd__ame_weight=50__seed=0``, which names its run
+directory ``<output>/<id>/``. The run directory holds the executed notebook, ``parameters.json``,
+``environment.json``, ``status.json`` (status, parameters, code version, timings, error and traceback)
+and whatever the notebook writes there, at least ``metrics.json``.
+
+Running is idempotent: a run whose ``status.json`` says ``done`` with the same parameters and the same
+:func:`code_version` is skipped; failed or interrupted runs are retried from an empty directory; a done
+run whose parameters or code changed is *stale* and only rerun when asked (its directory is then moved
+to ``<output>/.stale/``, never overwritten). The index (:func:`write_index`) and the report
+(:func:`build_report`) are rebuilt from the run directories alone, so runs may be spread over machines
+(``shard``/``only_index``) that share the output directory, or copied together afterwards.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import html
+import itertools
+import json
+import math
 import os
+import platform
+import re
+import shutil
+import subprocess
+import time
+import traceback as tb
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runs import create_run_dir, environment_info, write_json
+import yaml
+
+from .runs import create_run_dir, environment_info, git_commit, read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+STATUS_FILE = "status.json"  # written by the pipeline into every run directory
+METRICS_FILE = "metrics.json"  # written by the notebook into its run directory
+SPEC_RECORD = "pipeline.json"  # the spec of the last `run`, kept in the output directory for `report`
+INDEX_FILE = "index.csv"
+STALE_DIR = ".stale"  # finished runs replaced by --rerun-stale are moved here
+INJECTED = ("run_dir", "overwrite_run_dir")  # parameters run_notebook sets itself
+META_COLUMNS = ("run_id", "grid_index", "notebook", "status", "code_version", "git_commit", "git_dirty",
+                "host", "started", "duration_s", "error")
+SPEC_FIELDS = ("name", "description", "notebook", "notebooks", "output", "parameters", "grid", "exclude",
+               "cell_timeout", "report")
+STATES = ("missing", "done", "failed", "incomplete", "running", "stale", "conflict")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+# ----------------------------------------------------------------------------- single notebooks
 def run_notebook(notebook: str | os.PathLike, run_dir: str | os.PathLike, parameters: dict | None = None,
-                 overwrite: bool = False, progress: bool = True) -> Path:
+                 overwrite: bool = False, progress: bool = True, execution_timeout: int | None = None) -> Path:
     """Execute ``notebook`` with ``parameters`` into ``run_dir`` and return the executed notebook's path.
 
     ``run_dir`` receives the executed notebook, ``parameters.json`` and ``environment.json``; the
     notebook gets ``run_dir`` as a parameter and writes its own results there. A non-empty
-    ``run_dir`` is refused unless ``overwrite`` is true.
+    ``run_dir`` is refused unless ``overwrite`` is true. ``execution_timeout`` (seconds) bounds each
+    cell. A failing cell raises ``papermill.PapermillExecutionError``; the executed notebook is
+    still written, up to and including the failing cell.
     """
     import papermill
 
@@ -30,7 +97,7 @@ def run_notebook(notebook: str | os.PathLike, run_dir: str | os.PathLike, parame
     write_json(run_dir / "environment.json", environment_info())
     output = run_dir / notebook.name
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                               cwd=str(REPO_ROOT), progress_bar=progress)
+                               cwd=str(REPO_ROOT), progress_bar=progress, execution_timeout=execution_timeout)
     return output
 
 
@@ -50,3 +117,962 @@ def check_parameters(values: dict, expected: dict[str, type | tuple[type, ...]])
             problems.append(f"{name}={value!r} ({type(value).__name__}, expected {wanted})")
     if problems:
         raise TypeError("notebook parameters of the wrong type: " + "; ".join(problems))
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
+    """Names assigned in the cell tagged ``parameters`` of ``notebook`` (``ValueError`` if it has none)."""
+    import ast
+
+    for cell in json.loads(Path(notebook).read_text()).get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            try:
+                tree = ast.parse(source)
+            except SyntaxError as err:
+                raise ValueError(f"notebook {notebook}: the parameters cell is not valid Python: {err}") from None
+            names = []
+            for node in tree.body:
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, ast.AnnAssign) else []
+                names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+            return names
+    raise ValueError(f"notebook {notebook} has no cell tagged 'parameters' (papermill needs one)")
+
+
+# ----------------------------------------------------------------------------- spec
+class SpecError(ValueError):
+    """A pipeline spec that cannot be run; the message names the file and the field."""
+
+
+def _fail(origin: str, where: str, problem: str):
+    raise SpecError(f"{origin}: {where}: {problem}")
+
+
+def _json_value(value, origin: str, where: str):
+    """``value`` if it survives a JSON round trip unchanged (papermill passes parameters as data)."""
+    try:
+        if json.loads(json.dumps(value, allow_nan=False)) == value:
+            return value
+    except (TypeError, ValueError):
+        pass
+    _fail(origin, where, f"{value!r} ({type(value).__name__}) is not plain data "
+                         "(use strings, numbers, booleans, null, lists and mappings)")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What :func:`build_report` summarises; the ``report:`` block of a spec."""
+
+    metrics: tuple[str, ...] = ("hm", "base_acc", "new_acc")  # flattened metrics.json keys ("a/b" for nested)
+    seed: str = "seed"  # parameter that indexes repeats; statistics are taken over it
+    sweep: str = "ame_weight"  # parameter on the x axis of the curve; `off` of it is the paired baseline
+    off_value: float | int | str | bool | None = 0  # value of `sweep` that means "off" (AME disabled)
+    on_value: float | int | str | bool | None = 50  # value of `sweep` in the on/off bars (absent: the largest)
+    confidence: float = 0.95  # coverage of the bootstrap confidence intervals
+
+    @classmethod
+    def from_dict(cls, data, origin: str = "report") -> "ReportSettings":
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            _fail(origin, "report", f"expected a mapping, got {type(data).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        if any(isinstance(k, bool) for k in data):
+            _fail(origin, "report", "a key reads as true/false (YAML 1.1 turns on/off/yes/no into booleans); "
+                                    "the fields are off_value and on_value")
+        unknown = sorted(map(str, set(data) - set(known)))
+        if unknown:
+            _fail(origin, "report", f"unknown fields {unknown}; expected some of {known}")
+        data = dict(data)
+        if "metrics" in data:
+            metrics = data["metrics"]
+            if isinstance(metrics, str):
+                metrics = [metrics]
+            if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) and m for m in metrics):
+                _fail(origin, "report.metrics", f"expected a non-empty list of metric names, got {metrics!r}")
+            data["metrics"] = tuple(metrics)
+        for name in ("seed", "sweep"):
+            if name in data and not (isinstance(data[name], str) and data[name]):
+                _fail(origin, f"report.{name}", f"expected a parameter name, got {data[name]!r}")
+        confidence = data.get("confidence", 0.95)
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+            _fail(origin, "report.confidence", f"expected a number in (0, 1), got {confidence!r}")
+        for name in ("off_value", "on_value"):
+            if isinstance(data.get(name), (list, dict)):
+                _fail(origin, f"report.{name}", f"expected one value of the sweep parameter, got {data[name]!r}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One notebook execution of a pipeline: a grid point."""
+
+    index: int  # position in the expanded grid (stable for a given spec); --only-index selects it
+    run_id: str  # readable, file-system safe, unique within the spec: the run directory's name
+    notebook: Path  # notebook to execute
+    parameters: dict  # every parameter passed to the notebook (base parameters, then the grid point)
+    grid: dict  # the grid point alone
+
+
+def _format_value(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return re.sub(r"[^A-Za-z0-9._+-]+", "-", value).strip("-") or "-"
+    return "h" + hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_key(point: dict) -> str:
+    """The readable id of a grid point: ``name=value`` pairs joined by ``__`` (long ids end in a hash)."""
+    key = "__".join(f"{name}={_format_value(value)}" for name, value in point.items())
+    if len(key) > 150:
+        key = key[:140] + "__" + hashlib.sha1(key.encode()).hexdigest()[:8]
+    return key
+
+
+@dataclass
+class PipelineSpec:
+    """A validated pipeline spec; :meth:`runs` expands its grid."""
+
+    name: str
+    notebooks: tuple[Path, ...]
+    output: Path
+    parameters: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    exclude: list = field(default_factory=list)
+    cell_timeout: int | None = None
+    report: ReportSettings = field(default_factory=ReportSettings)
+    description: str = ""
+    origin: str = "spec"
+
+    @classmethod
+    def from_dict(cls, data, origin: str = "spec", check_notebooks: bool = True) -> "PipelineSpec":
+        """Validate ``data`` (a parsed spec); every problem raises :class:`SpecError` naming the field.
+
+        With ``check_notebooks`` each notebook must exist and declare every parameter of the spec.
+        """
+        if not isinstance(data, dict):
+            raise SpecError(f"{origin}: expected a mapping of fields, got {type(data).__name__}")
+        unknown = sorted(set(map(str, data)) - set(SPEC_FIELDS))
+        if unknown:
+            _fail(origin, "top level", f"unknown fields {unknown}; expected some of {list(SPEC_FIELDS)}")
+        name = data.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            _fail(origin, "name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")
+        if ("notebook" in data) == ("notebooks" in data):
+            _fail(origin, "notebook", "give exactly one of 'notebook' (a path) or 'notebooks' (a list of paths)")
+        notebooks = data.get("notebooks", [data.get("notebook")])
+        if not isinstance(notebooks, list) or not notebooks or not all(isinstance(n, str) and n for n in notebooks):
+            _fail(origin, "notebooks" if "notebooks" in data else "notebook",
+                  f"expected a notebook path or a non-empty list of them, got {notebooks!r}")
+        if len({Path(n).stem for n in notebooks}) != len(notebooks):
+            _fail(origin, "notebooks", f"notebook names must differ (they prefix the run ids), got {notebooks}")
+        output = data.get("output", f"runs/pipelines/{name}")
+        if not isinstance(output, str) or not output:
+            _fail(origin, "output", f"expected a directory path, got {output!r}")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            _fail(origin, "description", f"expected text, got {description!r}")
+
+        parameters = data.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            _fail(origin, "parameters", f"expected a mapping of name: value, got {type(parameters).__name__}")
+        parameters = {str(k): _json_value(v, origin, f"parameters.{k}") for k, v in parameters.items()}
+
+        grid = data.get("grid") or {}
+        if not isinstance(grid, dict):
+            _fail(origin, "grid", f"expected a mapping of name: [values], got {type(grid).__name__}")
+        checked = {}
+        for key, values in grid.items():
+            key = str(key)
+            if not isinstance(values, list) or not values:
+                _fail(origin, f"grid.{key}", f"expected a non-empty list of values, got {values!r}")
+            values = [_json_value(v, origin, f"grid.{key}") for v in values]
+            ids = [_format_value(v) for v in values]
+            if len(set(ids)) != len(ids):
+                _fail(origin, f"grid.{key}", f"values must be distinct (also as run-id text), got {values}")
+            if key in parameters:
+                _fail(origin, f"grid.{key}", "also set in 'parameters'; give it in one place")
+            checked[key] = values
+        grid = checked
+        names = list(parameters) + list(grid)
+        for key in names:
+            where = f"grid.{key}" if key in grid else f"parameters.{key}"
+            if key in INJECTED:
+                _fail(origin, where, f"{key!r} is set by the pipeline itself")
+            if key in META_COLUMNS:
+                _fail(origin, where, f"{key!r} is a column of the results index; rename the parameter")
+
+        exclude = data.get("exclude") or []
+        if not isinstance(exclude, list):
+            _fail(origin, "exclude", f"expected a list of mappings, got {type(exclude).__name__}")
+        for i, entry in enumerate(exclude):
+            if not isinstance(entry, dict) or not entry:
+                _fail(origin, f"exclude[{i}]", f"expected a non-empty mapping of grid parameter: value, got {entry!r}")
+            for key in entry:
+                if key not in grid:
+                    _fail(origin, f"exclude[{i}].{key}", f"not a grid parameter; grid parameters: {list(grid)}")
+
+        timeout = data.get("cell_timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+            _fail(origin, "cell_timeout", f"expected a positive number of seconds, got {timeout!r}")
+        report = ReportSettings.from_dict(data.get("report"), origin)
+
+        paths = tuple(Path(n) for n in notebooks)
+        if check_notebooks:
+            where = "notebooks" if "notebooks" in data else "notebook"
+            for path in paths:
+                if not path.is_file():
+                    _fail(origin, where, f"notebook {path} not found (relative paths start at {Path.cwd()})")
+                try:
+                    declared = notebook_parameters(path)
+                except ValueError as err:
+                    _fail(origin, where, str(err))
+                missing = [n for n in names if n not in declared]
+                if missing:
+                    _fail(origin, "parameters/grid", f"{missing} not declared in the parameters cell of "
+                                                      f"{path.name}; it declares {declared}")
+        spec = cls(name=name, notebooks=paths, output=Path(output), parameters=parameters, grid=grid,
+                   exclude=list(exclude), cell_timeout=timeout, report=report, description=description,
+                   origin=origin)
+        runs = spec.runs()
+        if not runs:
+            _fail(origin, "exclude", "every grid point is excluded; nothing to run")
+        seen = {}
+        for run in runs:
+            if run.run_id in seen:
+                _fail(origin, "grid", f"grid points {seen[run.run_id]} and {run.grid} get the same run id "
+                                      f"{run.run_id!r}")
+            seen[run.run_id] = run.grid
+        return spec
+
+    def runs(self) -> list[Run]:
+        """Every run of the spec, notebooks outermost, then the grid in spec order (last key fastest)."""
+        names = list(self.grid)
+        points = [dict(zip(names, values)) for values in itertools.product(*self.grid.values())]
+        points = [p for p in points if not any(_excluded(p, entry) for entry in self.exclude)]
+        out = []
+        for notebook in self.notebooks:
+            for point in points:
+                key = run_key(point) if point else "run"
+                run_id = f"{notebook.stem}__{key}" if len(self.notebooks) > 1 else key
+                out.append(Run(len(out), run_id, notebook, {**self.parameters, **point}, dict(point)))
+        return out
+
+    def record(self) -> dict:
+        """The spec as plain data (written to ``<output>/pipeline.json`` by :func:`run_pipeline`)."""
+        return {"name": self.name, "description": self.description, "origin": self.origin,
+                "notebooks": [str(n) for n in self.notebooks], "output": str(self.output),
+                "parameters": self.parameters, "grid": self.grid, "exclude": self.exclude,
+                "cell_timeout": self.cell_timeout, "report": dataclasses.asdict(self.report)}
+
+
+def _excluded(point: dict, entry: dict) -> bool:
+    return all(point[k] in v if isinstance(v, list) else point[k] == v for k, v in entry.items())
+
+
+def apply_overrides(data: dict, overrides: dict | None) -> dict:
+    """A copy of spec ``data`` with ``overrides`` applied: a grid parameter gets the given value(s) as its
+    whole list, any other name sets a base parameter (``--set smoke=true``)."""
+    data = json.loads(json.dumps(data)) if isinstance(data, dict) else data
+    if not overrides or not isinstance(data, dict):
+        return data
+    grid = data.get("grid") or {}
+    for key, value in overrides.items():
+        if key in grid:
+            grid[key] = value if isinstance(value, list) else [value]
+        else:
+            data.setdefault("parameters", {})
+            data["parameters"] = {**(data["parameters"] or {}), key: value}
+    if grid:
+        data["grid"] = grid
+    return data
+
+
+def load_spec(path: str | os.PathLike, overrides: dict | None = None, output: str | os.PathLike | None = None,
+              check_notebooks: bool = True) -> PipelineSpec:
+    """Read and validate a pipeline spec; ``overrides`` as in :func:`apply_overrides`, ``output`` replaces
+    the spec's output directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pipeline spec {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    data = apply_overrides(data, overrides)
+    if output is not None and isinstance(data, dict):
+        data["output"] = str(output)
+    return PipelineSpec.from_dict(data, origin=str(path), check_notebooks=check_notebooks)
+
+
+# ----------------------------------------------------------------------------- code version and state
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.suffix in (".py", ".json", ".yaml", ".yml") and "__pycache__" not in path.parts and path.is_file():
+            digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _notebook_digest(notebook: Path) -> str:
+    """Hash of the code cells' sources only: outputs, counts and metadata do not change the code."""
+    cells = json.loads(Path(notebook).read_text()).get("cells", [])
+    sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+               for c in cells if c.get("cell_type") == "code"]
+    return hashlib.sha256(json.dumps(sources).encode()).hexdigest()
+
+
+def code_version(notebook: str | os.PathLike, sources_digest: str | None = None) -> str:
+    """12 hex digits naming the code a run executes: every source and data file of ``workbench/``
+    plus the code cells of ``notebook``. Any edit (committed or not) gives a new version."""
+    both = (sources_digest or _sources_digest()) + _notebook_digest(Path(notebook))
+    return hashlib.sha256(both.encode()).hexdigest()[:12]
+
+
+def git_dirty(directory: str | os.PathLike | None = None) -> bool | None:
+    """Whether tracked files of the checkout differ from its commit (``None`` outside git)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory or PACKAGE_DIR,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) or a == b
+
+
+def run_state(run: Run, output: str | os.PathLike, version: str) -> tuple[str, str]:
+    """``(state, detail)`` of ``run`` in ``output`` for code ``version``; states:
+
+    ``missing`` (no directory, or an empty one), ``done`` (finished with these parameters and this code),
+    ``failed``, ``incomplete`` (interrupted), ``running`` (by a live process on this host), ``stale``
+    (finished, but with other parameters or code) and ``conflict`` (a directory the pipeline did not
+    write: it is never touched).
+    """
+    run_dir = Path(output) / run.run_id
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return "missing", ""
+    try:
+        status = read_json(run_dir / STATUS_FILE)
+    except FileNotFoundError:
+        return "conflict", f"{run_dir} exists without {STATUS_FILE}: not a pipeline run; move it away"
+    except ValueError:
+        return "incomplete", f"unreadable {STATUS_FILE}"
+    state = status.get("status")
+    if state == "done":
+        changes = []
+        old = status.get("parameters") or {}
+        differ = sorted(k for k in set(old) | set(run.parameters) if not _same(old.get(k), run.parameters.get(k)))
+        if differ:
+            changes.append("parameters differ: " + ", ".join(
+                f"{k} {old.get(k)!r} -> {run.parameters.get(k)!r}" for k in differ))
+        if status.get("notebook") != run.notebook.name:
+            changes.append(f"notebook {status.get('notebook')} -> {run.notebook.name}")
+        if status.get("code_version") != version:
+            changes.append(f"code version {status.get('code_version')} -> {version}")
+        return ("stale", "; ".join(changes)) if changes else ("done", "")
+    if state == "failed":
+        return "failed", status.get("error", "")
+    if state == "running" and status.get("host") == platform.node() and _pid_alive(status.get("pid")):
+        return "running", f"by process {status.get('pid')} on this host"
+    return "incomplete", f"status {state!r} (interrupted)"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``: shard ``i`` of ``n`` takes the runs whose index ``% n == i``."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not int(match[1]) < int(match[2]):
+        raise ValueError(f"shard must be 'i/n' with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def select_runs(runs: list[Run], shard: tuple[int, int] | str | None = None, only_index: int | None = None) -> list[Run]:
+    """The runs one machine or array task executes: shard ``(i, n)`` or the single run ``only_index``."""
+    if shard is not None and only_index is not None:
+        raise ValueError("give either a shard or an index, not both")
+    if only_index is not None:
+        if not 0 <= only_index < len(runs):
+            raise ValueError(f"index {only_index} out of range: the spec has {len(runs)} runs (0..{len(runs) - 1})")
+        return [runs[only_index]]
+    if shard is not None:
+        i, n = parse_shard(shard) if isinstance(shard, str) else parse_shard(f"{shard[0]}/{shard[1]}")
+        return [r for r in runs if r.index % n == i]
+    return list(runs)
+
+
+@dataclass
+class PlannedRun:
+    run: Run
+    state: str  # one of STATES
+    detail: str  # why (parameter or code changes, the error of a failed run …)
+    code_version: str
+
+
+def plan(spec: PipelineSpec, shard=None, only_index: int | None = None, version: str | None = None) -> list[PlannedRun]:
+    """The state of every selected run of ``spec``; ``version`` replaces :func:`code_version` (tests)."""
+    digest = _sources_digest() if version is None else None
+    versions = {nb: version or code_version(nb, digest) for nb in spec.notebooks}
+    return [PlannedRun(run, *run_state(run, spec.output, versions[run.notebook]), versions[run.notebook])
+            for run in select_runs(spec.runs(), shard, only_index)]
+
+
+# ----------------------------------------------------------------------------- execution
+def _error_text(err: BaseException) -> tuple[str, str]:
+    ename, evalue = type(err).__name__, str(err)
+    if hasattr(err, "ename") and hasattr(err, "traceback"):  # papermill.PapermillExecutionError
+        trace = _ANSI.sub("", "\n".join(err.traceback or []))
+        return f"{err.ename}: {err.evalue} (cell {err.exec_count})", trace
+    return f"{ename}: {evalue}", "".join(tb.format_exception(type(err), err, err.__traceback__))
+
+
+def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | None = None,
+                cell_timeout: int | None = None, previous_errors: list | None = None) -> dict:
+    """Execute ``run`` into ``<output>/<run_id>`` (created empty by the caller or absent) and return its
+    ``status.json``: ``done`` when the notebook ran through and wrote ``metrics.json``, else ``failed``
+    with the error and traceback (the executed notebook keeps every cell up to the failing one)."""
+    run_dir = Path(output) / run.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    status = {"status": "running", "run_id": run.run_id, "grid_index": run.index, "notebook": run.notebook.name,
+              "notebook_path": str(run.notebook), "parameters": run.parameters, "grid": run.grid,
+              "code_version": version, **(code or {}), "host": platform.node(), "pid": os.getpid(),
+              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "previous_errors": list(previous_errors or [])}
+    write_json(run_dir / STATUS_FILE, status)
+    start = time.perf_counter()
+    try:
+        run_notebook(run.notebook, run_dir, run.parameters, overwrite=True, progress=False,
+                     execution_timeout=cell_timeout)
+        if not (run_dir / METRICS_FILE).is_file():
+            raise RuntimeError(f"the notebook ran through but wrote no {METRICS_FILE} into its run_dir")
+        status["status"] = "done"
+    except Exception as err:  # noqa: BLE001 - any failure of one run is recorded; the sweep goes on
+        status["status"] = "failed"
+        status["error"], status["traceback"] = _error_text(err)
+    status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    status["duration_s"] = round(time.perf_counter() - start, 2)
+    write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
+def _prepare(planned: PlannedRun, output: Path) -> list:
+    """Empty the run directory of a failed or interrupted run (keeping its errors), or move a stale one
+    to ``<output>/.stale/``; returns the earlier errors to carry over."""
+    run_dir = output / planned.run.run_id
+    errors = []
+    if planned.state in ("failed", "incomplete"):
+        try:
+            old = read_json(run_dir / STATUS_FILE)
+            errors = list(old.get("previous_errors", [])) + [old.get("error") or f"status {old.get('status')!r}"]
+        except (OSError, ValueError):
+            errors = ["unreadable status.json"]
+        shutil.rmtree(run_dir)
+    elif planned.state == "stale":
+        old = read_json(run_dir / STATUS_FILE)
+        target = output / STALE_DIR / f"{planned.run.run_id}.{old.get('code_version')}.{time.strftime('%Y%m%d-%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.rename(target)
+    return errors
+
+
+def _init_worker(devices) -> None:
+    if devices is not None:  # one accelerator per worker process, inherited by the notebook's kernel
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` found and did."""
+
+    planned: list[PlannedRun]  # every selected run with its state before this call
+    executed: dict[str, dict] = field(default_factory=dict)  # run id -> status.json of the runs executed now
+    index: Path | None = None  # the rebuilt index
+
+    def count(self, state: str) -> int:
+        return sum(p.state == state for p in self.planned)
+
+    @property
+    def failed(self) -> list[str]:
+        return [rid for rid, s in self.executed.items() if s["status"] != "done"]
+
+    def summary(self) -> str:
+        ran = len(self.executed)
+        parts = [f"{len(self.planned)} runs selected", f"{self.count('done')} already done (skipped)",
+                 f"ran {ran}: {ran - len(self.failed)} done, {len(self.failed)} failed"]
+        skipped_stale = sum(p.state == "stale" and p.run.run_id not in self.executed for p in self.planned)
+        if skipped_stale:
+            parts.append(f"{skipped_stale} stale (finished with other parameters or code; --rerun-stale reruns them)")
+        for state in ("conflict", "running"):
+            if self.count(state):
+                parts.append(f"{self.count(state)} {state} (left alone)")
+        return "; ".join(parts)
+
+
+def run_pipeline(spec: PipelineSpec, workers: int = 1, shard=None, only_index: int | None = None,
+                 rerun_stale: bool = False, devices: list[str] | None = None, progress: bool = True,
+                 version: str | None = None, write_index_file: bool = True) -> PipelineResult:
+    """Execute the missing, failed and interrupted runs of ``spec`` (of one shard, or one index).
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        From :func:`load_spec`.
+    workers : int, default 1
+        Runs executed at once, each in its own process (papermill starts one kernel per run). With
+        more than one, the first run executes alone so that shared caches (world, pretrained models)
+        are written once before the others start.
+    shard : "i/n" or (i, n), optional
+        Execute only the runs whose index ``% n == i`` (one machine of ``n``).
+    only_index : int, optional
+        Execute only the run at this index (a cluster array task: ``--only-index $SLURM_ARRAY_TASK_ID``).
+    rerun_stale : bool, default False
+        Rerun finished runs whose parameters or code changed; their old directory is moved to
+        ``<output>/.stale/``. Otherwise they are reported and left alone.
+    devices : list of str, optional
+        Accelerator ids; worker ``k`` sees only one of them through ``CUDA_VISIBLE_DEVICES``
+        (``workers`` defaults to their number and may not exceed it).
+    progress : bool, default True
+        A tqdm bar over the runs to execute.
+    version : str, optional
+        Code version to record and compare instead of :func:`code_version` (tests).
+    write_index_file : bool, default True
+        Rebuild ``<output>/index.csv`` at the end.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    devices = [str(d) for d in devices] if devices else None
+    if devices and workers == 1:
+        workers = len(devices)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if devices and workers > len(devices):
+        raise ValueError(f"{workers} workers but {len(devices)} devices: give at most one worker per device")
+    output = Path(spec.output)
+    output.mkdir(parents=True, exist_ok=True)
+    _write_text(output / SPEC_RECORD, json.dumps(spec.record(), indent=2) + "\n")
+    planned = plan(spec, shard, only_index, version)
+    result = PipelineResult(planned)
+    todo = [p for p in planned if p.state in ("missing", "failed", "incomplete") or p.state == "stale" and rerun_stale]
+    code = {"git_commit": git_commit(), "git_dirty": git_dirty()}
+    jobs = [(p.run, output, p.code_version, code, spec.cell_timeout, _prepare(p, output)) for p in todo]
+
+    bar = tqdm(total=len(jobs), desc=spec.name, unit="run", disable=not progress or not jobs)
+
+    def finished(status: dict) -> None:
+        result.executed[status["run_id"]] = status
+        if status["status"] != "done":
+            bar.write(f"failed: {status['run_id']}: {status.get('error', '')}")
+        bar.update(1)
+        bar.set_postfix(failed=len(result.failed))
+
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if devices:
+                os.environ["CUDA_VISIBLE_DEVICES"] = devices[0]
+            try:
+                for job in jobs:
+                    finished(execute_run(*job))
+            finally:
+                if devices:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None) if saved is None else \
+                        os.environ.__setitem__("CUDA_VISIBLE_DEVICES", saved)
+        else:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")  # no fork of a process holding threads or CUDA
+            queue = None
+            if devices:
+                queue = context.Queue()
+                for device in devices[:workers]:
+                    queue.put(device)
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                     initargs=(queue,)) as pool:
+                finished(pool.submit(execute_run, *jobs[0]).result())  # fills shared caches once
+                futures = [pool.submit(execute_run, *job) for job in jobs[1:]]
+                for future in as_completed(futures):
+                    finished(future.result())
+    finally:
+        bar.close()
+        if write_index_file:
+            result.index = write_index(output)
+    return result
+
+
+# ----------------------------------------------------------------------------- index
+def _write_text(path: Path, text: str) -> Path:
+    """Atomic write with a temporary name unique to this process and thread (several writers may race)."""
+    import threading
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{platform.node()}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def flatten(data, prefix: str = "") -> dict:
+    """Nested mappings as one level, keys joined by ``/`` (``{"a": {"b": 1}}`` -> ``{"a/b": 1}``)."""
+    out = {}
+    for key, value in (data or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "/"))
+        else:
+            out[name] = value
+    return out
+
+
+def collect_runs(output: str | os.PathLike) -> list[dict]:
+    """One record per run directory of ``output`` (those with a ``status.json``), ordered by grid index:
+    ``{"run_id", …meta, "parameters": {…}, "metrics": {flattened metrics.json of a done run}}``."""
+    records = []
+    for status_file in Path(output).glob(f"*/{STATUS_FILE}"):
+        run_dir = status_file.parent
+        if run_dir.name.startswith("."):
+            continue
+        try:
+            status = read_json(status_file)
+        except ValueError as err:
+            status = {"status": "unreadable", "error": f"{STATUS_FILE}: {err}"}
+        metrics = {}
+        if status.get("status") == "done":
+            try:
+                metrics = flatten(read_json(run_dir / METRICS_FILE))
+            except (OSError, ValueError) as err:
+                status = {**status, "status": "unreadable", "error": f"{METRICS_FILE}: {err}"}
+        record = {key: status.get(key) for key in META_COLUMNS}
+        record["run_id"] = run_dir.name
+        record["parameters"] = status.get("parameters") or {}
+        record["metrics"] = metrics
+        records.append(record)
+    key = (lambda r: (r["grid_index"] if isinstance(r["grid_index"], int) else math.inf, r["run_id"]))
+    return sorted(records, key=key)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _csv_text(header: list[str], rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(row.get(h)) for h in header])
+    return buffer.getvalue()
+
+
+def index_rows(records: list[dict]) -> tuple[list[str], list[dict]]:
+    """Flat rows of :func:`collect_runs` records: meta columns, parameters, then ``metrics/<key>``."""
+    params, metrics = {}, {}
+    for record in records:
+        params.update(dict.fromkeys(record["parameters"]))
+        metrics.update(dict.fromkeys(record["metrics"]))
+    header = list(META_COLUMNS) + list(params) + [f"metrics/{m}" for m in metrics]
+    rows = [{**{k: r[k] for k in META_COLUMNS}, **r["parameters"],
+             **{f"metrics/{k}": v for k, v in r["metrics"].items()}} for r in records]
+    return header, rows
+
+
+def write_index(output: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
+    """Rebuild the results index (``<output>/index.csv``) from the run directories, atomically: one row per
+    run (meta columns, parameters, flattened metrics as ``metrics/<key>``)."""
+    header, rows = index_rows(collect_runs(output))
+    return _write_text(Path(path) if path else Path(output) / INDEX_FILE, _csv_text(header, rows))
+
+
+# ----------------------------------------------------------------------------- report
+def _sort_key(value):
+    if isinstance(value, bool) or value is None:
+        return (0, str(value))
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, json.dumps(value, sort_keys=True))
+
+
+def _norm(value) -> str:
+    """A text key under which equal parameter values match (``0`` and ``0.0`` alike)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, sort_keys=True)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _label(names: list[str], key: tuple) -> str:
+    return ", ".join(f"{n}={_format_value(v) if not isinstance(v, str) else v}" for n, v in zip(names, key)) or "all runs"
+
+
+def summarize(records: list[dict], settings: ReportSettings = ReportSettings()) -> dict:
+    """Grouped statistics over seeds and paired on/off comparisons of done ``records``.
+
+    Groups are the combinations of every parameter that varies among the done runs except
+    ``settings.seed`` and ``settings.sweep``; within a group, runs are split by the sweep value.
+    Returns ``{"groups": [names], "metrics": [found], "missing_metrics": [...], "summary": rows,
+    "paired": rows}``: a summary row holds the group's parameters, the sweep value, ``metric`` and
+    :func:`workbench.analysis.seed_summary`'s mean/std/ci_low/ci_high/n; a paired row compares each
+    sweep value with ``settings.off_value`` on the seeds both have (:func:`~workbench.analysis.paired_comparison`;
+    NaN statistics below two pairs).
+    """
+    from .analysis import paired_comparison, seed_summary
+
+    done = [r for r in records if r["status"] == "done"]
+    for r in done:
+        r.setdefault("parameters", {})
+    names = {}
+    for r in done:
+        names.update(dict.fromkeys(r["parameters"]))
+    if len({r["notebook"] for r in done}) > 1:
+        names = {"notebook": None, **names}
+
+    def value(r, name):
+        return r["notebook"] if name == "notebook" and name not in r["parameters"] else r["parameters"].get(name)
+
+    varying = [n for n in names if len({_norm(value(r, n)) for r in done}) > 1]
+    groups = [n for n in varying if n not in (settings.seed, settings.sweep)]
+    has_sweep = any(settings.sweep in r["parameters"] for r in done)
+    available = {m for r in done for m in r["metrics"]}
+    metrics = [m for m in settings.metrics if m in available]
+    missing = [m for m in settings.metrics if m not in available]
+
+    def cell_key(group, sweep_value):
+        return tuple(map(_norm, group)), _norm(sweep_value)
+
+    cells = {}  # (group key, sweep value) -> records
+    for r in done:
+        key = (tuple(value(r, n) for n in groups), value(r, settings.sweep) if has_sweep else None)
+        cells.setdefault(cell_key(*key), (key, []))[1].append(r)
+    ordered = sorted(cells.values(), key=lambda c: ([_sort_key(v) for v in c[0][0]], _sort_key(c[0][1])))
+
+    summary, paired = [], []
+    for (group, sweep_value), members in ordered:
+        base = {**dict(zip(groups, group)), **({settings.sweep: sweep_value} if has_sweep else {})}
+        for metric in metrics:
+            values = [(value(r, settings.seed), r["metrics"][metric]) for r in members
+                      if _finite(r["metrics"].get(metric))]
+            if not values:
+                continue
+            stats = seed_summary([v for _, v in values], confidence=settings.confidence)
+            summary.append({**base, "metric": metric, **stats,
+                            "seeds": sorted((s for s, _ in values), key=_sort_key)})
+        if not has_sweep or _norm(sweep_value) == _norm(settings.off_value):
+            continue
+        off = cells.get(cell_key(group, settings.off_value))
+        if off is None:
+            continue
+        off_by_seed = {_norm(value(r, settings.seed)): r for r in off[1]}
+        for metric in metrics:
+            pairs = []
+            for r in members:
+                partner = off_by_seed.get(_norm(value(r, settings.seed)))
+                if partner and _finite(r["metrics"].get(metric)) and _finite(partner["metrics"].get(metric)):
+                    pairs.append((value(r, settings.seed), r["metrics"][metric], partner["metrics"][metric]))
+            if not pairs:
+                continue
+            pairs.sort(key=lambda p: _sort_key(p[0]))
+            on_values, off_values = [p[1] for p in pairs], [p[2] for p in pairs]
+            if len(pairs) >= 2:
+                comparison = paired_comparison(on_values, off_values, confidence=settings.confidence)
+            else:
+                comparison = {"mean_diff": on_values[0] - off_values[0], "ci_low": math.nan, "ci_high": math.nan,
+                              "exceeds_noise": False, "p_value": math.nan, "n": 1}
+            paired.append({**base, "off": settings.off_value, "metric": metric,
+                           "mean_on": sum(on_values) / len(pairs), "mean_off": sum(off_values) / len(pairs),
+                           **comparison, "seeds": [p[0] for p in pairs]})
+    return {"groups": groups, "sweep": settings.sweep if has_sweep else None, "metrics": metrics,
+            "missing_metrics": missing, "summary": summary, "paired": paired}
+
+
+def report_figures(result: dict, settings: ReportSettings = ReportSettings()) -> list:
+    """Plotly figures of :func:`summarize`'s result, per metric: the sweep curve (mean ± std over seeds),
+    on vs off bars per group and the paired difference with its confidence interval."""
+    import plotly.graph_objects as go
+
+    figures = []
+    groups, sweep = result["groups"], result["sweep"]
+    pct = int(round(100 * settings.confidence))
+    for metric in result["metrics"]:
+        rows = [r for r in result["summary"] if r["metric"] == metric]
+        by_group = {}
+        for r in rows:
+            by_group.setdefault(tuple(_norm(r[g]) for g in groups), []).append(r)
+        sweep_values = {_norm(r[sweep]) for r in rows} if sweep else set()
+        if sweep and len(sweep_values) > 1:
+            fig = go.Figure()
+            for members in by_group.values():
+                members = sorted(members, key=lambda r: _sort_key(r[sweep]))
+                fig.add_trace(go.Scatter(
+                    x=[_format_value(r[sweep]) for r in members], y=[r["mean"] for r in members],
+                    error_y=dict(type="data", array=[0 if math.isnan(r["std"]) else r["std"] for r in members]),
+                    mode="lines+markers", name=_label(groups, tuple(members[0][g] for g in groups)),
+                    customdata=[[r["n"], r["ci_low"], r["ci_high"]] for r in members],
+                    hovertemplate=(f"{sweep}=%{{x}}<br>{metric} %{{y:.4f}}<br>n=%{{customdata[0]}}<br>"
+                                   f"{pct}% CI [%{{customdata[1]:.4f}}, %{{customdata[2]:.4f}}]<extra></extra>")))
+            fig.update_layout(title=f"{metric} against {sweep} (mean ± std over seeds)",
+                              xaxis=dict(title=sweep, type="category"), yaxis_title=metric, template="plotly_white")
+            figures.append(fig)
+        paired = [r for r in result["paired"] if r["metric"] == metric]
+        if not paired:
+            continue
+        on_values = {_norm(r[sweep]): r[sweep] for r in paired}
+        on = settings.on_value if _norm(settings.on_value) in on_values else max(on_values.values(), key=_sort_key)
+        chosen = [r for r in paired if _norm(r[sweep]) == _norm(on)]
+        labels = [_label(groups, tuple(r[g] for g in groups)) for r in chosen]
+        stats = {(tuple(_norm(r[g]) for g in groups), _norm(r[sweep])): r for r in rows}
+
+        def std_of(r, sweep_value):
+            s = stats.get((tuple(_norm(r[g]) for g in groups), _norm(sweep_value)))
+            return 0 if s is None or math.isnan(s["std"]) else s["std"]
+
+        fig = go.Figure([
+            go.Bar(name=f"off ({sweep}={_format_value(settings.off_value)})", x=labels, y=[r["mean_off"] for r in chosen],
+                   error_y=dict(type="data", array=[std_of(r, settings.off_value) for r in chosen])),
+            go.Bar(name=f"on ({sweep}={_format_value(on)})", x=labels, y=[r["mean_on"] for r in chosen],
+                   error_y=dict(type="data", array=[std_of(r, r[sweep]) for r in chosen]),
+                   customdata=[[r["mean_diff"], r["ci_low"], r["ci_high"], r["n"]] for r in chosen],
+                   hovertemplate=("%{x}<br>on %{y:.4f}<br>on − off %{customdata[0]:+.4f} "
+                                  f"[{pct}% CI %{{customdata[1]:+.4f}}, %{{customdata[2]:+.4f}}], "
+                                  "n=%{customdata[3]}<extra></extra>"))])
+        fig.update_layout(barmode="group", title=f"{metric}: {sweep} on vs off (mean ± std over seeds)",
+                          yaxis_title=metric, template="plotly_white")
+        figures.append(fig)
+        fig = go.Figure()
+        by_group = {}
+        for r in paired:
+            by_group.setdefault(tuple(_norm(r[g]) for g in groups), []).append(r)
+        for members in by_group.values():
+            members = sorted(members, key=lambda r: _sort_key(r[sweep]))
+            fig.add_trace(go.Scatter(
+                x=[_format_value(r[sweep]) for r in members], y=[r["mean_diff"] for r in members],
+                error_y=dict(type="data", symmetric=False,
+                             array=[0 if math.isnan(r["ci_high"]) else r["ci_high"] - r["mean_diff"] for r in members],
+                             arrayminus=[0 if math.isnan(r["ci_low"]) else r["mean_diff"] - r["ci_low"]
+                                         for r in members]),
+                mode="markers+lines", name=_label(groups, tuple(members[0][g] for g in groups))))
+        fig.add_hline(y=0, line_dash="dot", line_color="grey")
+        fig.update_layout(title=f"{metric}: paired difference on − off over shared seeds ({pct}% bootstrap CI)",
+                          xaxis=dict(title=sweep, type="category"), yaxis_title=f"Δ {metric}", template="plotly_white")
+        figures.append(fig)
+    return figures
+
+
+def _html_table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _num(value, signed: bool = False) -> str:
+    if not _finite(value):
+        return "–"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def build_report(output: str | os.PathLike, settings: ReportSettings | None = None,
+                 report_dir: str | os.PathLike | None = None) -> dict:
+    """Summarise the done runs of ``output`` into ``report_dir`` (default ``<output>/report``).
+
+    Writes ``summary.csv`` (mean, std and bootstrap CI over seeds per group, sweep value and metric),
+    ``paired.csv`` (each sweep value against ``settings.off_value`` on shared seeds) and ``report.html``, a
+    static page with plotly.js inlined (opens offline). ``settings`` default to the ``report:`` block of
+    the spec recorded in ``<output>/pipeline.json``. Returns the paths and :func:`summarize`'s result.
+    """
+    import plotly.io as pio
+
+    output = Path(output)
+    if not output.is_dir():
+        raise FileNotFoundError(f"pipeline output directory {output} not found")
+    record = {}
+    if (output / SPEC_RECORD).is_file():
+        record = read_json(output / SPEC_RECORD)
+    if settings is None:
+        settings = ReportSettings.from_dict(record.get("report"), str(output / SPEC_RECORD))
+    report_dir = Path(report_dir) if report_dir else output / "report"
+    records = collect_runs(output)
+    result = summarize(records, settings)
+    groups = result["groups"] + ([result["sweep"]] if result["sweep"] else [])
+    stats = ["mean", "std", "ci_low", "ci_high", "n", "seeds"]
+    summary_csv = _write_text(report_dir / "summary.csv",
+                              _csv_text(groups + ["metric"] + stats, result["summary"]))
+    paired_cols = ["off", "metric", "n", "mean_on", "mean_off", "mean_diff", "ci_low", "ci_high", "p_value",
+                   "exceeds_noise", "seeds"]
+    paired_csv = _write_text(report_dir / "paired.csv", _csv_text(groups + paired_cols, result["paired"]))
+
+    counts = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    versions = sorted({str(r["code_version"]) for r in records if r["status"] == "done"})
+    figures = report_figures(result, settings)
+    pct = int(round(100 * settings.confidence))
+    parts = [f"<h1>{html.escape(record.get('name', output.name))}: pipeline report</h1>",
+             f"<p>{html.escape(record.get('description', ''))}</p>",
+             f"<p>Output directory <code>{html.escape(str(output))}</code>; generated "
+             f"{time.strftime('%Y-%m-%d %H:%M')}. Runs: "
+             + html.escape(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + ".</p>",
+             f"<p>Statistics over <code>{html.escape(settings.seed)}</code>: mean ± sample std, {pct}% "
+             "percentile bootstrap CI of the mean; paired comparisons use only seeds present in both arms "
+             "(bootstrap over seeds, paired t-test p-value).</p>"]
+    if len(versions) > 1:
+        parts.append(f"<p class='warn'>Done runs come from {len(versions)} code versions: "
+                     f"{html.escape(', '.join(versions))}.</p>")
+    if result["missing_metrics"]:
+        parts.append(f"<p class='warn'>Metrics not found in any done run: "
+                     f"{html.escape(', '.join(result['missing_metrics']))}.</p>")
+    failed = [r for r in records if r["status"] != "done"]
+    for i, fig in enumerate(figures):
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=i == 0, default_width="100%",
+                                 default_height="480px"))
+    if result["paired"]:
+        parts.append("<h2>Paired comparisons (on − off)</h2>")
+        parts.append(_html_table(
+            result["groups"] + [result["sweep"], "metric", "n", "on", "off", "on − off", f"{pct}% CI", "p", "beyond noise"],
+            [[r[g] for g in result["groups"]] + [r[result["sweep"]], r["metric"], r["n"], _num(r["mean_on"]),
+              _num(r["mean_off"]), _num(r["mean_diff"], True), f"[{_num(r['ci_low'], True)}, {_num(r['ci_high'], True)}]",
+              _num(r["p_value"]), "yes" if r["exceeds_noise"] else "no"] for r in result["paired"]]))
+    if result["summary"]:
+        parts.append("<h2>Summary over seeds</h2>")
+        parts.append(_html_table(
+            groups + ["metric", "n", "mean ± std", f"{pct}% CI"],
+            [[r[g] for g in groups] + [r["metric"], r["n"], f"{_num(r['mean'])} ± {_num(r['std'])}",
+                                       f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]"] for r in result["summary"]]))
+    if failed:
+        parts.append("<h2>Runs not done</h2>")
+        parts.append(_html_table(["run", "status", "error"],
+                                 [[r["run_id"], r["status"], (r["error"] or "")[:300]] for r in failed]))
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:0.9em;margin:1em 0}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:left}.warn{color:#a40}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(record.get('name', output.name))}"
+            f" report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    report_html = _write_text(report_dir / "report.html", page)
+    return {"summary_csv": summary_csv, "paired_csv": paired_csv, "html": report_html, "result": result,
+            "counts": counts}

@@ -1,0 +1,335 @@
+"""Pipelines: spec validation, sweeps executed with papermill, reruns, failures, sharding, index, report.
+
+A tiny notebook written into a temporary directory stands in for the real ones (each execution is a
+kernel start, about a second); one test runs notebooks/run_experiment.ipynb in smoke mode when
+WORKBENCH_SLOW_TESTS is set (it pretrains the smoke models from scratch).
+"""
+
+import csv
+import json
+import os
+import shutil
+
+import nbformat
+import pytest
+import yaml
+
+from workbench import pipeline
+from workbench.__main__ import main
+from workbench.pipeline import (PipelineSpec, SpecError, build_report, load_spec, plan, run_pipeline, select_runs,
+                                write_index)
+
+TINY_PARAMETERS = """w = 0  # the swept parameter (plays omega)
+seed = 0
+fail_flag = ""  # while this file exists, the run w=5, seed=1 raises
+counter = ""  # every execution appends a line here
+run_dir = ""
+overwrite_run_dir = False"""
+TINY_BODY = """import json, os, pathlib
+if counter:
+    with open(counter, "a") as fh:
+        fh.write(f"{w},{seed}\\n")
+if fail_flag and pathlib.Path(fail_flag).exists() and w == 5 and seed == 1:
+    raise RuntimeError("deliberate failure")
+metrics = {"score": 2 * w + seed, "nested": {"w": w}, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+pathlib.Path(run_dir, "metrics.json").write_text(json.dumps(metrics))"""
+IDS = ["w=0__seed=0", "w=0__seed=1", "w=5__seed=0", "w=5__seed=1"]
+
+
+def write_notebook(path, parameters=TINY_PARAMETERS, body=TINY_BODY):
+    cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(body)]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
+        "display_name": "Python 3", "language": "python", "name": "python3"}}), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {"root": root, "notebook": write_notebook(root / "tiny.ipynb"), "flag": root / "fail.flag",
+            "counter": root / "counter.txt"}
+
+
+def spec_data(tiny, output, **changes):
+    data = {"name": "tiny", "notebook": str(tiny["notebook"]), "output": str(output),
+            "parameters": {"fail_flag": str(tiny["flag"]), "counter": str(tiny["counter"])},
+            "grid": {"w": [0, 5], "seed": [0, 1]},
+            "report": {"metrics": ["score", "nested/w", "absent"], "seed": "seed", "sweep": "w", "off_value": 0,
+                       "on_value": 5}}
+    data.update(changes)
+    return data
+
+
+def make_spec(tiny, output, **changes):
+    return PipelineSpec.from_dict(spec_data(tiny, output, **changes), origin="tiny.yaml")
+
+
+def executions(tiny):
+    return tiny["counter"].read_text().splitlines() if tiny["counter"].exists() else []
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny):
+    """A 2x2 sweep executed as two shards with one deliberate failure, then rerun twice; observations."""
+    output = tiny["root"] / "out"
+    spec = make_spec(tiny, output)
+    tiny["flag"].write_text("fail")
+    seen = {"shards": []}
+    for shard in ("0/2", "1/2"):
+        before = len(executions(tiny))
+        result = run_pipeline(spec, shard=shard, version="v1", progress=False)
+        seen["shards"].append({"executed": sorted(result.executed), "lines": executions(tiny)[before:]})
+    seen["first_index"] = read_csv(output / "index.csv")
+    seen["failed_status"] = json.loads((output / "w=5__seed=1" / "status.json").read_text())
+    seen["failed_notebook"] = json.loads((output / "w=5__seed=1" / "tiny.ipynb").read_text())
+    mtimes = {rid: (output / rid / "status.json").stat().st_mtime_ns for rid in IDS}
+
+    before = len(executions(tiny))
+    seen["retry_still_failing"] = run_pipeline(spec, version="v1", progress=False)
+    seen["retry_lines"] = executions(tiny)[before:]
+    tiny["flag"].unlink()
+    before = len(executions(tiny))
+    seen["retry_fixed"] = run_pipeline(spec, version="v1", progress=False)
+    seen["fixed_lines"] = executions(tiny)[before:]
+    before = len(executions(tiny))
+    seen["rerun"] = run_pipeline(spec, version="v1", progress=False)
+    seen["rerun_lines"] = executions(tiny)[before:]
+    seen["mtimes_before"] = mtimes
+    seen["mtimes_after"] = {rid: (output / rid / "status.json").stat().st_mtime_ns for rid in IDS}
+    seen["fixed_status"] = json.loads((output / "w=5__seed=1" / "status.json").read_text())
+    return spec, output, seen
+
+
+# ----------------------------------------------------------------------------- spec
+def test_grid_expands_in_spec_order_with_readable_ids_and_exclusions(tiny, tmp_path):
+    spec = make_spec(tiny, tmp_path)
+    assert [(r.index, r.run_id) for r in spec.runs()] == list(enumerate(IDS))
+    assert spec.runs()[2].parameters == {"fail_flag": str(tiny["flag"]), "counter": str(tiny["counter"]),
+                                         "w": 5, "seed": 0}
+    spec = make_spec(tiny, tmp_path, exclude=[{"w": 5, "seed": [1, 2]}])
+    assert [r.run_id for r in spec.runs()] == IDS[:3]
+    spec = make_spec(tiny, tmp_path, grid={"w": [0.5, 2.0, "a b/c", True]})
+    assert [r.run_id for r in spec.runs()] == ["w=0.5", "w=2", "w=a-b-c", "w=true"]
+    assert make_spec(tiny, tmp_path, grid={}).runs()[0].run_id == "run"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": 1}, r"top level: unknown fields \['colour'\]"),
+    ({"name": "a b"}, "name: expected a name"),
+    ({"notebook": "missing.ipynb"}, "notebook: notebook missing.ipynb not found"),
+    ({"notebooks": ["x.ipynb"]}, "notebook: give exactly one of 'notebook'"),
+    ({"grid": {"w": 3}}, r"grid.w: expected a non-empty list of values, got 3"),
+    ({"grid": {"w": []}}, r"grid.w: expected a non-empty list"),
+    ({"grid": {"w": ["a b", "a-b"]}}, r"grid.w: values must be distinct"),
+    ({"grid": {"counter": [1, 2]}}, r"grid.counter: also set in 'parameters'"),
+    ({"grid": {"shots": [1]}}, r"parameters/grid: \['shots'\] not declared in the parameters cell of tiny.ipynb"),
+    ({"parameters": {"run_dir": "x"}}, r"parameters.run_dir: 'run_dir' is set by the pipeline"),
+    ({"exclude": [{"shots": 1}]}, r"exclude\[0\].shots: not a grid parameter"),
+    ({"exclude": [{"w": [0, 5]}]}, "exclude: every grid point is excluded"),
+    ({"cell_timeout": 0}, "cell_timeout: expected a positive number"),
+    ({"report": {True: 0}}, "report: a key reads as true/false"),
+    ({"report": {"metrics": []}}, "report.metrics: expected a non-empty list"),
+])
+def test_bad_specs_name_the_field(tiny, tmp_path, change, message):
+    with pytest.raises(SpecError, match=f"^tiny.yaml: {message}"):
+        make_spec(tiny, tmp_path, **change)
+
+
+def test_yaml_spec_overrides_and_shipped_specs(tiny, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec_data(tiny, tmp_path / "out"), sort_keys=False))
+    spec = load_spec(path, overrides={"seed": 3, "counter": "c.txt"}, output=tmp_path / "other")
+    assert [r.run_id for r in spec.runs()] == ["w=0__seed=3", "w=5__seed=3"]
+    assert spec.parameters["counter"] == "c.txt" and spec.output == tmp_path / "other"
+    path.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+
+    shipped = {name: load_spec(pipeline.REPO_ROOT / "pipelines" / f"{name}.yaml")
+               for name in ("quickstart", "ame_ablation", "benchmark_11")}
+    assert len(shipped["quickstart"].runs()) == 3
+    ablation = shipped["ame_ablation"]
+    assert len(ablation.runs()) == 2 * 3 * 7 * 3
+    assert ablation.grid["ame_weight"] == [0, 1, 5, 10, 25, 50, 100] and ablation.grid["shots"] == [1, 4, 16]
+    assert ablation.runs()[0].run_id == "recipe=logit_kd__shots=1__ame_weight=0__seed=0"
+    assert len(shipped["benchmark_11"].runs()) == 11 * 2 * 2 * 3
+
+
+def test_shards_partition_the_grid(tiny, tmp_path):
+    runs = make_spec(tiny, tmp_path, grid={"w": [0, 1, 2, 3, 4], "seed": [0, 1, 2]}).runs()
+    shards = [select_runs(runs, f"{i}/4") for i in range(4)]
+    assert sorted(r.index for shard in shards for r in shard) == list(range(15))
+    assert [r.index for r in shards[1]] == [1, 5, 9, 13]
+    assert select_runs(runs, only_index=7) == [runs[7]]
+    with pytest.raises(ValueError, match="out of range"):
+        select_runs(runs, only_index=15)
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        select_runs(runs, "4/4")
+
+
+def test_code_version_follows_code_cells_only(tmp_path):
+    a = write_notebook(tmp_path / "a.ipynb")
+    version = pipeline.code_version(a)
+    notebook = json.loads(a.read_text())
+    notebook["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "hi"}]
+    notebook["cells"][1]["execution_count"] = 3
+    a.write_text(json.dumps(notebook))
+    assert pipeline.code_version(a) == version
+    assert pipeline.code_version(write_notebook(tmp_path / "b.ipynb", body=TINY_BODY + "\n1")) != version
+
+
+# ----------------------------------------------------------------------------- execution
+def test_sweep_runs_in_shards_records_the_failure_and_goes_on(sweep):
+    spec, output, seen = sweep
+    first, second = seen["shards"]
+    assert first["executed"] == ["w=0__seed=0", "w=5__seed=0"] and second["executed"] == ["w=0__seed=1", "w=5__seed=1"]
+    assert sorted(first["lines"]) == ["0,0", "5,0"] and sorted(second["lines"]) == ["0,1", "5,1"]
+    status = seen["failed_status"]
+    assert status["status"] == "failed" and status["error"].startswith("RuntimeError: deliberate failure")
+    assert "deliberate failure" in status["traceback"] and status["code_version"] == "v1"
+    assert status["parameters"]["w"] == 5 and status["grid"] == {"w": 5, "seed": 1}
+    cells = seen["failed_notebook"]["cells"]
+    assert any(o.get("ename") == "RuntimeError" for o in cells[-1]["outputs"])  # kept up to the failing cell
+    for rid in IDS:
+        assert {"parameters.json", "environment.json", "status.json", "tiny.ipynb"} <= {p.name for p in (output / rid).iterdir()}
+    rows = seen["first_index"]
+    assert [r["run_id"] for r in rows] == IDS
+    assert [r["status"] for r in rows] == ["done", "done", "done", "failed"]
+    assert [r["metrics/score"] for r in rows] == ["0", "1", "10", ""]
+    assert rows[3]["error"].startswith("RuntimeError: deliberate failure")
+
+
+def test_rerun_retries_only_failed_runs_and_skips_done_ones(sweep):
+    _, output, seen = sweep
+    assert seen["retry_lines"] == ["5,1"] and seen["retry_still_failing"].failed == ["w=5__seed=1"]
+    assert seen["retry_still_failing"].count("done") == 3 and seen["retry_still_failing"].count("failed") == 1
+    assert seen["fixed_lines"] == ["5,1"] and seen["retry_fixed"].failed == []
+    assert seen["fixed_status"]["status"] == "done"
+    assert len(seen["fixed_status"]["previous_errors"]) == 2
+    assert seen["rerun_lines"] == [] and seen["rerun"].executed == {} and seen["rerun"].count("done") == 4
+    assert "4 already done (skipped)" in seen["rerun"].summary()
+    assert all(seen["mtimes_before"][rid] == seen["mtimes_after"][rid] for rid in IDS[:3])  # never rewritten
+
+
+def test_index_has_exactly_one_row_per_run(sweep):
+    _, output, _ = sweep
+    write_index(output)
+    rows = read_csv(output / "index.csv")
+    assert [r["run_id"] for r in rows] == IDS and {r["status"] for r in rows} == {"done"}
+    assert [r["metrics/score"] for r in rows] == ["0", "1", "10", "11"]
+    assert [(r["w"], r["seed"]) for r in rows] == [("0", "0"), ("0", "1"), ("5", "0"), ("5", "1")]
+    assert [r["metrics/nested/w"] for r in rows] == ["0", "0", "5", "5"] and rows[0]["grid_index"] == "0"
+
+
+def test_report_summarises_seeds_and_pairs_on_with_off(sweep, tmp_path):
+    _, output, _ = sweep
+    report = build_report(output, report_dir=tmp_path / "report")
+    summary = read_csv(report["summary_csv"])
+    assert [(r["w"], r["metric"], r["n"]) for r in summary] == [("0", "score", "2"), ("0", "nested/w", "2"),
+                                                                ("5", "score", "2"), ("5", "nested/w", "2")]
+    assert float(summary[0]["mean"]) == 0.5 and float(summary[2]["mean"]) == 10.5
+    assert float(summary[2]["std"]) == pytest.approx(0.5 ** 0.5)
+    paired = read_csv(report["paired_csv"])
+    assert [(r["w"], r["off"], r["metric"], r["n"]) for r in paired] == [("5", "0", "score", "2"), ("5", "0", "nested/w", "2")]
+    assert float(paired[0]["mean_diff"]) == 10 and float(paired[0]["ci_low"]) == 10 and paired[0]["exceeds_noise"] == "True"
+    assert report["result"]["missing_metrics"] == ["absent"]
+    html = report["html"].read_text()
+    assert html.count("Plotly.newPlot") == 6  # per metric: curve, on/off bars, paired difference
+    assert "<script src=" not in html and "plotly.js v" in html  # offline
+    assert "Paired comparisons" in html and "absent" in html
+
+
+def test_changed_code_or_parameters_make_finished_runs_stale(sweep, tmp_path):
+    spec, output, _ = sweep
+    assert {p.state for p in plan(spec, version="v2")} == {"stale"}
+    assert "code version v1 -> v2" in plan(spec, version="v2")[0].detail
+    data = spec_data_from(spec)
+    changed = plan(PipelineSpec.from_dict({**data, "parameters": {**data["parameters"], "counter": "x.txt"}}),
+                   version="v1")
+    assert changed[0].state == "stale" and "parameters differ: counter" in changed[0].detail
+
+    copy = tmp_path / "out"
+    shutil.copytree(output, copy)
+    spec = PipelineSpec.from_dict({**spec_data_from(spec), "output": str(copy)})
+    result = run_pipeline(spec, version="v2", progress=False)
+    assert result.executed == {} and result.count("stale") == 4 and "4 stale" in result.summary()
+    result = run_pipeline(spec, version="v2", only_index=0, rerun_stale=True, progress=False)
+    assert list(result.executed) == ["w=0__seed=0"] and result.failed == []
+    archived = list((copy / ".stale").iterdir())
+    assert len(archived) == 1 and archived[0].name.startswith("w=0__seed=0.v1.")
+    assert json.loads((archived[0] / "status.json").read_text())["code_version"] == "v1"
+    assert [p.state for p in plan(spec, version="v2")] == ["done", "stale", "stale", "stale"]
+    assert len(read_csv(copy / "index.csv")) == 4  # archived runs are not in the index
+
+
+def spec_data_from(spec):
+    return {"name": spec.name, "notebook": str(spec.notebooks[0]), "output": str(spec.output),
+            "parameters": spec.parameters, "grid": spec.grid, "report": {"seed": "seed", "sweep": "w"}}
+
+
+def test_foreign_directories_are_never_touched(tiny, tmp_path):
+    spec = make_spec(tiny, tmp_path / "out")
+    foreign = tmp_path / "out" / IDS[1]
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    planned = plan(spec, version="v1")
+    assert [p.state for p in planned] == ["missing", "conflict", "missing", "missing"]
+    result = run_pipeline(spec, version="v1", only_index=1, progress=False)
+    assert result.executed == {} and (foreign / "notes.txt").read_text() == "mine"
+    assert not (foreign / "status.json").exists() and "1 conflict" in result.summary()
+
+
+def test_parallel_workers_each_see_their_own_device(tiny, tmp_path):
+    spec = make_spec(tiny, tmp_path / "out", grid={"w": [0, 5], "seed": [0]})
+    result = run_pipeline(spec, devices=["7", "8"], version="v1", progress=False)
+    assert sorted(result.executed) == ["w=0__seed=0", "w=5__seed=0"] and result.failed == []
+    for rid, status in result.executed.items():
+        metrics = json.loads((tmp_path / "out" / rid / "metrics.json").read_text())
+        assert status["cuda_visible_devices"] in ("7", "8") and metrics["cuda"] == status["cuda_visible_devices"]
+    with pytest.raises(ValueError, match="at most one worker per device"):
+        run_pipeline(spec, workers=3, devices=["0", "1"], progress=False)
+
+
+def test_command_line_runs_one_index_then_plans_indexes_and_reports(tiny, tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec_data(tiny, tmp_path / "out"), sort_keys=False))
+    tiny["flag"].write_text("fail")
+    try:
+        assert main(["pipeline", "run", str(path), "--only-index", "3", "--quiet"]) == 1  # the failing run
+        assert main(["pipeline", "run", str(path), "--only-index", "0", "--quiet"]) == 0
+    finally:
+        tiny["flag"].unlink()
+    out = capsys.readouterr().out
+    assert "failed: w=5__seed=1: RuntimeError: deliberate failure" in out and "ran 1: 1 done, 0 failed" in out
+    assert main(["pipeline", "plan", str(path), "--shard", "1/2"]) == 0
+    out = capsys.readouterr().out
+    assert "    1  missing     w=0__seed=1" in out and "    3  failed      w=5__seed=1" in out and "2 runs" in out
+    assert main(["pipeline", "index", str(tmp_path / "out")]) == 0
+    assert "2 runs (1 done, 1 failed)" in capsys.readouterr().out
+    assert main(["pipeline", "report", str(tmp_path / "out"), "--metric", "score"]) == 0
+    out = capsys.readouterr().out
+    assert "runs: 1 done, 1 failed" in out and (tmp_path / "out" / "report" / "report.html").is_file()
+    with pytest.raises(SystemExit, match="grid.w: expected a non-empty list"):
+        main(["pipeline", "run", str(path), "--set", "w=[]"])
+
+
+@pytest.mark.skipif(not os.environ.get("WORKBENCH_SLOW_TESTS"),
+                    reason="builds the smoke world and models from scratch (~90 s on 2 cores); WORKBENCH_SLOW_TESTS=1")
+def test_run_experiment_notebook_in_smoke_mode(tmp_path):
+    spec = PipelineSpec.from_dict({
+        "name": "experiment-smoke", "notebook": str(pipeline.NOTEBOOK_DIR / "run_experiment.ipynb"),
+        "output": str(tmp_path / "out"),
+        "parameters": {"smoke": True, "shots": 2, "epochs": 1, "device": "cpu", "cache_dir": str(tmp_path / "cache")},
+        "grid": {"recipe": ["logit_kd"], "dataset": ["embedded_world", "imagenet"]}})
+    result = run_pipeline(spec, progress=False)
+    done, unsupported = (result.executed[r.run_id] for r in spec.runs())
+    assert done["status"] == "done", done.get("traceback")
+    metrics = json.loads((tmp_path / "out" / done["run_id"] / "metrics.json").read_text())
+    assert 0 <= metrics["hm"] <= 1 and {"base_acc", "new_acc", "analysis"} <= set(metrics)
+    assert (tmp_path / "out" / done["run_id"] / "experiment" / "student.safetensors").is_file()
+    assert unsupported["status"] == "failed" and unsupported["error"].startswith("NotImplementedError: dataset='imagenet'")
