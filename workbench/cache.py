@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 import warnings
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def cached_image_features(model: nn.Module, images, cache_dir: str | os.PathLike
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    tmp = path.with_name(path.name + ".tmp.npy")
+    # A name of this process's own: two runs filling the same entry at once never share a temp file.
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy")
     out = None
     try:
         for start in range(0, len(images), batch_size):

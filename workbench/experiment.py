@@ -16,7 +16,8 @@ The run directory receives ``config.json``, ``environment.json``, ``train.jsonl`
 ``checkpoint.pt`` (every epoch, AME's projections included; ``resume=True`` continues from it),
 ``student.safetensors`` (the exported student backbone: AME's projections are not part of it),
 ``recipe_modules.safetensors`` for recipes that add modules to the student (PromptKD's prompts and
-projector, DHO's heads), ``samples.csv`` and ``metrics.json`` (base / new / HM, the analysis metrics,
+projector, DHO's heads), ``samples.csv`` (per test image), ``embeddings.npz`` (student and teacher
+test embeddings and logits, class vectors, labels, base/new classes) and ``metrics.json`` (base / new / HM, the analysis metrics,
 the model selection made and DHO's mixing).
 
 Teacher image embeddings are cached on disk under ``cache_dir/teacher_features`` (memory-mapped),
@@ -25,12 +26,15 @@ so runs that share a teacher and images never run the teacher twice.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from .recipes import DistillConfig
@@ -85,27 +89,50 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     return ExperimentConfig.from_dict(yaml.safe_load(path.read_text()) or {}, origin=str(path))
 
 
-def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
-                   progress: bool = False) -> dict:
-    """Run one distillation and write its run directory; returns the metrics written to metrics.json.
+def experiment_config(base: str | os.PathLike | dict | None = None, **settings) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a base config (file or dict) and flat setting overrides.
 
-    A non-empty ``run_dir`` is refused unless ``resume`` is true, in which case training continues
-    from ``checkpoint.pt`` and ends with the same metrics as an uninterrupted run.
+    Each override goes to the config level that has a field of its name — ``shots``, ``seed``,
+    ``preset`` … to the experiment; ``recipe``, ``ame_weight``, ``temperature`` … to ``distill``;
+    ``epochs``, ``lr``, ``batch_size`` … to ``distill.optim`` — which is how notebook and pipeline
+    parameters (flat names) become a config. Unknown names raise ``ValueError`` listing valid ones.
     """
-    from . import analysis, models, protocol, recipes, world, zoo
-    from .evaluation import predict
+    from .train import OptimConfig
+
+    if base is None:
+        data = {}
+    elif isinstance(base, dict):
+        data = copy.deepcopy(base)
+    else:
+        path = Path(base)
+        if not path.is_file():
+            raise FileNotFoundError(f"experiment config {path} not found")
+        data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("distill", {}).setdefault("optim", {})
+    levels = [({f.name for f in dataclasses.fields(ExperimentConfig)} - {"distill"}, data),
+              ({f.name for f in dataclasses.fields(DistillConfig)} - {"optim"}, data["distill"]),
+              ({f.name for f in dataclasses.fields(OptimConfig)} - {"seed"}, data["distill"]["optim"])]
+    for name, value in settings.items():
+        target = next((level for names, level in levels if name in names), None)
+        if target is None:
+            valid = sorted(set().union(*(names for names, _ in levels)))
+            raise ValueError(f"unknown experiment setting {name!r}; valid names: {', '.join(valid)}")
+        target[name] = value
+    return ExperimentConfig.from_dict(data, origin=str(base) if base is not None else "settings")
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_setup(preset_name: str, cache_dir: str, device: str) -> dict:
+    """World, pretrained teacher and student, class vectors: built or loaded once per process and preset.
+
+    Runs of a sweep executed in one process share them (the student is copied per run).
+    """
+    from . import models, world, zoo
     from .presets import QuickstartConfig
-    from .runs import create_run_dir, environment_info, write_json
-    from .cache import cached_image_features
-    from .train import select_device
 
-    run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
-    write_json(run_dir / "config.json", dataclasses.asdict(config))
-    write_json(run_dir / "environment.json", environment_info())
-    preset = QuickstartConfig.load(config.preset)
-    device = select_device(config.device)
-    cache = Path(config.cache_dir)
-
+    preset = QuickstartConfig.load(preset_name)
+    device = torch.device(device)
+    cache = Path(cache_dir)
     spec = world.load_world_spec()
     splits = world.build_world(spec, cache / "world", seed=preset.world_seed, sizes=preset.world_sizes)
     world_id = f"{spec.fingerprint()}-seed{preset.world_seed}-pretrain{preset.world_sizes['pretrain']}"
@@ -113,6 +140,32 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     student, _, _ = zoo.load_or_pretrain(preset.student, splits["pretrain"], world_id, cache / "zoo", device)
     class_vectors = models.build_class_vectors(teacher, tokenizer, spec.class_names, spec.prompt_templates,
                                                device=device)
+    return {"spec": spec, "splits": splits, "teacher": teacher, "tokenizer": tokenizer, "student": student,
+            "class_vectors": class_vectors}
+
+
+def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
+                   progress: bool = False) -> dict:
+    """Run one distillation and write its run directory; returns the metrics written to metrics.json.
+
+    A non-empty ``run_dir`` is refused unless ``resume`` is true, in which case training continues
+    from ``checkpoint.pt`` and ends with the same metrics as an uninterrupted run.
+    """
+    from . import analysis, models, protocol, recipes
+    from .evaluation import predict
+    from .runs import create_run_dir, environment_info, write_arrays, write_json
+    from .cache import cached_image_features
+    from .train import select_device
+
+    run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
+    write_json(run_dir / "config.json", dataclasses.asdict(config))
+    write_json(run_dir / "environment.json", environment_info())
+    device = select_device(config.device)
+    setup = _shared_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device))
+    spec, splits, teacher, tokenizer, class_vectors = (setup[k] for k in ("spec", "splits", "teacher", "tokenizer",
+                                                                           "class_vectors"))
+    student = copy.deepcopy(setup["student"])  # training changes it; the next run starts from the same weights
+    cache = Path(config.cache_dir)
     base, new = protocol.base_new_split(len(spec.class_names))
     train = splits["train"]
     shots = protocol.few_shot_indices(train.labels, config.shots, config.seed, classes=base)
@@ -153,6 +206,10 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
         teacher_features=teacher_features, base_classes=base, new_classes=new,
         true_ambiguity=test.ambiguity, class_names=spec.class_names)
     analysis.write_table(table, run_dir / "samples.csv")
+    # What the explorer and analyze_run need without the models: row i is test image i.
+    write_arrays(run_dir / "embeddings.npz", image_features=features.numpy(), text_features=class_vectors.float().cpu().numpy(),
+                 logits=logits.numpy(), teacher_features=teacher_features.numpy(), teacher_logits=teacher_logits.numpy(),
+                 labels=np.asarray(test.labels), base_classes=np.asarray(base), new_classes=np.asarray(new))
     metrics = {"base_acc": stats["base_acc"], "new_acc": stats["new_acc"], "hm": stats["hm"],
                "analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
                "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None}
@@ -173,3 +230,33 @@ def recipe_modules(model) -> dict:
         return {}
     return {f"{name}.{key}": value.detach().cpu().contiguous()
             for name, module in parts.items() for key, value in module.state_dict().items()}
+
+
+def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, overwrite_run_dir: bool = False,
+             **settings) -> dict:
+    """One pipeline step: a run of ``config`` (a YAML/JSON file; empty for the defaults) with ``settings``.
+
+    This is what ``notebooks/run_experiment.ipynb`` executes and what a pipeline with
+    ``in_process: true`` calls directly. Settings whose value is ``None`` keep the config's value;
+    ``smoke`` switches to the smoke preset and one epoch. The run goes to ``run_dir/experiment`` (an
+    interrupted run with the same config resumes from its checkpoint) and its metrics, with the
+    wall time, to ``run_dir/metrics.json`` where the pipeline's index finds them.
+    """
+    import json
+    import time
+
+    from .runs import create_run_dir, read_json, write_json
+
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if smoke:
+        settings.update(preset="smoke", epochs=1)
+    experiment = experiment_config(config or None, **settings)
+    run_path = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=overwrite_run_dir)
+    target = run_path / "experiment"
+    previous = target / "config.json"
+    resume = previous.is_file() and read_json(previous) == json.loads(json.dumps(dataclasses.asdict(experiment)))
+    start = time.perf_counter()
+    metrics = run_experiment(experiment, target, resume=resume)
+    metrics = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
+    write_json(run_path / "metrics.json", metrics)
+    return metrics

@@ -74,15 +74,12 @@ class RunData:
 def save_run_embeddings(run_dir: str | os.PathLike, image_features, text_features, logits=None,
                         name: str = EMBEDDINGS_FILE) -> Path:
     """Write the embeddings (and optionally logits) the explorer reads into ``run_dir/name``."""
+    from .runs import write_arrays
+
     path = Path(run_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"image_features": np.asarray(image_features, dtype=np.float32),
-              "text_features": np.asarray(text_features, dtype=np.float32)}
-    if logits is not None:
-        arrays["logits"] = np.asarray(logits, dtype=np.float32)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_arrays(path, image_features=np.asarray(image_features, dtype=np.float32),
+                 text_features=np.asarray(text_features, dtype=np.float32),
+                 logits=None if logits is None else np.asarray(logits, dtype=np.float32))
     return path
 
 

@@ -69,7 +69,9 @@ INJECTED = ("run_dir", "overwrite_run_dir")  # parameters run_notebook sets itse
 META_COLUMNS = ("run_id", "grid_index", "notebook", "status", "code_version", "git_commit", "git_dirty",
                 "host", "started", "duration_s", "error")
 SPEC_FIELDS = ("name", "description", "notebook", "notebooks", "output", "parameters", "grid", "exclude",
-               "cell_timeout", "report")
+               "cell_timeout", "report", "in_process")
+# The notebook whose whole work is one library call, which in_process specs make directly.
+IN_PROCESS_NOTEBOOK = "run_experiment.ipynb"
 STATES = ("missing", "done", "failed", "incomplete", "running", "stale", "conflict")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -248,6 +250,7 @@ class PipelineSpec:
     report: ReportSettings = field(default_factory=ReportSettings)
     description: str = ""
     origin: str = "spec"
+    in_process: bool = False  # call workbench.experiment.run_step instead of executing the notebook
 
     @classmethod
     def from_dict(cls, data, origin: str = "spec", check_notebooks: bool = True) -> "PipelineSpec":
@@ -321,6 +324,12 @@ class PipelineSpec:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
             _fail(origin, "cell_timeout", f"expected a positive number of seconds, got {timeout!r}")
         report = ReportSettings.from_dict(data.get("report"), origin)
+        in_process = data.get("in_process", False)
+        if not isinstance(in_process, bool):
+            _fail(origin, "in_process", f"expected true or false, got {in_process!r}")
+        if in_process and any(Path(n).name != IN_PROCESS_NOTEBOOK for n in notebooks):
+            _fail(origin, "in_process", f"only specs of notebooks/{IN_PROCESS_NOTEBOOK} can run in process "
+                                        f"(its one call, workbench.experiment.run_step, is made directly)")
 
         paths = tuple(Path(n) for n in notebooks)
         if check_notebooks:
@@ -338,7 +347,7 @@ class PipelineSpec:
                                                       f"{path.name}; it declares {declared}")
         spec = cls(name=name, notebooks=paths, output=Path(output), parameters=parameters, grid=grid,
                    exclude=list(exclude), cell_timeout=timeout, report=report, description=description,
-                   origin=origin)
+                   origin=origin, in_process=in_process)
         runs = spec.runs()
         if not runs:
             _fail(origin, "exclude", "every grid point is excluded; nothing to run")
@@ -368,7 +377,8 @@ class PipelineSpec:
         return {"name": self.name, "description": self.description, "origin": self.origin,
                 "notebooks": [str(n) for n in self.notebooks], "output": str(self.output),
                 "parameters": self.parameters, "grid": self.grid, "exclude": self.exclude,
-                "cell_timeout": self.cell_timeout, "report": dataclasses.asdict(self.report)}
+                "cell_timeout": self.cell_timeout, "report": dataclasses.asdict(self.report),
+                "in_process": self.in_process}
 
 
 def _excluded(point: dict, entry: dict) -> bool:
@@ -541,13 +551,19 @@ def _error_text(err: BaseException) -> tuple[str, str]:
 
 
 def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | None = None,
-                cell_timeout: int | None = None, previous_errors: list | None = None) -> dict:
+                cell_timeout: int | None = None, previous_errors: list | None = None,
+                in_process: bool = False) -> dict:
     """Execute ``run`` into ``<output>/<run_id>`` (created empty by the caller or absent) and return its
     ``status.json``: ``done`` when the notebook ran through and wrote ``metrics.json``, else ``failed``
-    with the error and traceback (the executed notebook keeps every cell up to the failing one)."""
+    with the error and traceback (the executed notebook keeps every cell up to the failing one).
+
+    ``in_process`` calls :func:`workbench.experiment.run_step` with the run's parameters in this
+    process instead of starting a kernel for the notebook: same run directory, no kernel start-up,
+    and the world and pretrained models stay loaded from one run to the next.
+    """
     run_dir = Path(output) / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    status = {"status": "running", "run_id": run.run_id, "grid_index": run.index, "notebook": run.notebook.name,
+    status = {"status": "running", "runner": "in_process" if in_process else "papermill", "run_id": run.run_id, "grid_index": run.index, "notebook": run.notebook.name,
               "notebook_path": str(run.notebook), "parameters": run.parameters, "grid": run.grid,
               "code_version": version, **(code or {}), "host": platform.node(), "pid": os.getpid(),
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -555,8 +571,20 @@ def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | 
     write_json(run_dir / STATUS_FILE, status)
     start = time.perf_counter()
     try:
-        run_notebook(run.notebook, run_dir, run.parameters, overwrite=True, progress=False,
-                     execution_timeout=cell_timeout)
+        if in_process:
+            from .experiment import run_step
+
+            write_json(run_dir / "parameters.json", {"notebook": run.notebook.name, "in_process": True,
+                                                     "parameters": run.parameters})
+            write_json(run_dir / "environment.json", environment_info())
+            parameters = {k: v for k, v in run.parameters.items() if k not in ("dataset", "model_pair")}
+            if (run.parameters.get("dataset", "embedded_world"), run.parameters.get("model_pair", "embedded")) != (
+                    "embedded_world", "embedded"):
+                raise NotImplementedError("workbench.experiment runs the embedded world with the embedded pair only")
+            run_step(run_dir, overwrite_run_dir=True, **parameters)
+        else:
+            run_notebook(run.notebook, run_dir, run.parameters, overwrite=True, progress=False,
+                         execution_timeout=cell_timeout)
         if not (run_dir / METRICS_FILE).is_file():
             raise RuntimeError(f"the notebook ran through but wrote no {METRICS_FILE} into its run_dir")
         status["status"] = "done"
@@ -670,7 +698,8 @@ def run_pipeline(spec: PipelineSpec, workers: int = 1, shard=None, only_index: i
     result = PipelineResult(planned)
     todo = [p for p in planned if p.state in ("missing", "failed", "incomplete") or p.state == "stale" and rerun_stale]
     code = {"git_commit": git_commit(), "git_dirty": git_dirty()}
-    jobs = [(p.run, output, p.code_version, code, spec.cell_timeout, _prepare(p, output)) for p in todo]
+    jobs = [(p.run, output, p.code_version, code, spec.cell_timeout, _prepare(p, output), spec.in_process)
+            for p in todo]
 
     bar = tqdm(total=len(jobs), desc=spec.name, unit="run", disable=not progress or not jobs)
 

@@ -40,6 +40,18 @@ def write_json(path: str | os.PathLike, data) -> Path:
     return path
 
 
+def write_arrays(path: str | os.PathLike, **arrays) -> Path:
+    """Write named numpy arrays to one ``.npz`` file atomically (temp file + rename); None values are left out."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items() if v is not None})
+    os.replace(tmp, path)
+    return path
+
+
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
