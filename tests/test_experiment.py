@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from workbench.__main__ import main
-from workbench.experiment import ExperimentConfig, load_experiment_config, run_experiment
+from workbench.experiment import ExperimentConfig, experiment_config, load_experiment_config, run_experiment
 
 SMOKE = {"preset": "smoke", "shots": 4, "seed": 0, "device": "cpu",
          "distill": {"recipe": "kdpl", "ame_weight": 50.0, "optim": {"epochs": 2, "batch_size": 16}}}
@@ -16,9 +16,9 @@ def cache(tmp_path_factory):
 
 
 def test_shipped_configs_load():
-    for name in ("kd_ame", "kdpl"):
+    for name in ("kd_ame", "kdpl", "logit_kd", "promptkd", "dho", "feature_kd"):
         config = load_experiment_config(f"configs/{name}.yaml")
-        assert config.distill.recipe in ("logit_kd", "kdpl")
+        assert config.distill.recipe in ("logit_kd", "kdpl", "promptkd", "dho", "feature_kd")
 
 
 def test_bad_configs_name_the_problem(tmp_path):
@@ -75,3 +75,37 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache, monkeypatc
     for key in ("base_acc", "new_acc", "hm"):
         assert resumed[key] == pytest.approx(straight[key])
     assert resumed["analysis"]["calibration/nll"] == pytest.approx(straight["analysis"]["calibration/nll"], rel=1e-5)
+
+
+def test_flat_settings_go_to_the_config_level_that_has_them():
+    config = experiment_config("configs/promptkd.yaml", shots=4, ame_weight=50, epochs=3, selection="best_val")
+    assert (config.shots, config.distill.recipe, config.distill.ame_weight) == (4, "promptkd", 50)
+    assert (config.distill.optim.epochs, config.distill.optim.optimizer, config.distill.selection) == (3, "sgd", "best_val")
+    assert config.distill.kd_weight == 1000.0  # from the file, untouched
+    with pytest.raises(ValueError, match="unknown experiment setting 'omega'; valid names: ame_hidden_dim"):
+        experiment_config(None, omega=1.0)
+    with pytest.raises(FileNotFoundError, match="experiment config configs/none.yaml not found"):
+        experiment_config("configs/none.yaml")
+
+
+def test_pipeline_step_gives_the_same_run_through_papermill_and_in_process(tmp_path, cache):
+    from workbench.pipeline import NOTEBOOK_DIR, PipelineSpec, run_pipeline
+
+    metrics = {}
+    for in_process in (False, True):
+        spec = PipelineSpec.from_dict({
+            "name": "step", "notebook": str(NOTEBOOK_DIR / "run_experiment.ipynb"), "in_process": in_process,
+            "output": str(tmp_path / f"out-{in_process}"),
+            "parameters": {"smoke": True, "config": "configs/logit_kd.yaml", "shots": 2, "device": "cpu",
+                           "cache_dir": cache},
+            "grid": {"ame_weight": [50], "dataset": ["embedded_world", "imagenet"]}})
+        result = run_pipeline(spec, progress=False)
+        done, unsupported = (result.executed[r.run_id] for r in spec.runs())
+        assert done["status"] == "done", done.get("traceback")
+        assert unsupported["status"] == "failed" and "NotImplementedError" in unsupported["error"]
+        run_dir = tmp_path / f"out-{in_process}" / done["run_id"]
+        assert (run_dir / "experiment" / "embeddings.npz").is_file()
+        assert (run_dir / "run_experiment.ipynb").is_file() != in_process  # papermill keeps the executed notebook
+        metrics[in_process] = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("base_acc", "new_acc", "hm", "final_manifold_entropy"):
+        assert metrics[True][key] == pytest.approx(metrics[False][key], rel=1e-6)

@@ -1,8 +1,7 @@
 """Pipelines: spec validation, sweeps executed with papermill, reruns, failures, sharding, index, report.
 
 A tiny notebook written into a temporary directory stands in for the real ones (each execution is a
-kernel start, about a second); one test runs notebooks/run_experiment.ipynb in smoke mode when
-WORKBENCH_SLOW_TESTS is set (it pretrains the smoke models from scratch).
+kernel start, about a second); tests/test_experiment.py runs notebooks/run_experiment.ipynb itself.
 """
 
 import csv
@@ -151,13 +150,17 @@ def test_yaml_spec_overrides_and_shipped_specs(tiny, tmp_path):
         load_spec(path)
 
     shipped = {name: load_spec(pipeline.REPO_ROOT / "pipelines" / f"{name}.yaml")
-               for name in ("quickstart", "ame_ablation", "benchmark_11")}
+               for name in ("quickstart", "ame_ablation", "benchmark_11", "recipe_table")}
     assert len(shipped["quickstart"].runs()) == 3
     ablation = shipped["ame_ablation"]
     assert len(ablation.runs()) == 2 * 3 * 7 * 3
     assert ablation.grid["ame_weight"] == [0, 1, 5, 10, 25, 50, 100] and ablation.grid["shots"] == [1, 4, 16]
-    assert ablation.runs()[0].run_id == "recipe=logit_kd__shots=1__ame_weight=0__seed=0"
+    assert ablation.runs()[0].run_id == "config=configs-logit_kd.yaml__shots=1__ame_weight=0__seed=0"
     assert len(shipped["benchmark_11"].runs()) == 11 * 2 * 2 * 3
+    table = shipped["recipe_table"]
+    assert len(table.runs()) == 5 * 3 * 2 * 3 and table.in_process
+    for config in table.grid["config"]:  # every recipe config exists and parses
+        assert (pipeline.REPO_ROOT / config).is_file(), config
 
 
 def test_shards_partition_the_grid(tiny, tmp_path):
@@ -316,20 +319,3 @@ def test_command_line_runs_one_index_then_plans_indexes_and_reports(tiny, tmp_pa
     assert "runs: 1 done, 1 failed" in out and (tmp_path / "out" / "report" / "report.html").is_file()
     with pytest.raises(SystemExit, match="grid.w: expected a non-empty list"):
         main(["pipeline", "run", str(path), "--set", "w=[]"])
-
-
-@pytest.mark.skipif(not os.environ.get("WORKBENCH_SLOW_TESTS"),
-                    reason="builds the smoke world and models from scratch (~90 s on 2 cores); WORKBENCH_SLOW_TESTS=1")
-def test_run_experiment_notebook_in_smoke_mode(tmp_path):
-    spec = PipelineSpec.from_dict({
-        "name": "experiment-smoke", "notebook": str(pipeline.NOTEBOOK_DIR / "run_experiment.ipynb"),
-        "output": str(tmp_path / "out"),
-        "parameters": {"smoke": True, "shots": 2, "epochs": 1, "device": "cpu", "cache_dir": str(tmp_path / "cache")},
-        "grid": {"recipe": ["logit_kd"], "dataset": ["embedded_world", "imagenet"]}})
-    result = run_pipeline(spec, progress=False)
-    done, unsupported = (result.executed[r.run_id] for r in spec.runs())
-    assert done["status"] == "done", done.get("traceback")
-    metrics = json.loads((tmp_path / "out" / done["run_id"] / "metrics.json").read_text())
-    assert 0 <= metrics["hm"] <= 1 and {"base_acc", "new_acc", "analysis"} <= set(metrics)
-    assert (tmp_path / "out" / done["run_id"] / "experiment" / "student.safetensors").is_file()
-    assert unsupported["status"] == "failed" and unsupported["error"].startswith("NotImplementedError: dataset='imagenet'")
