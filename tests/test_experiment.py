@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from workbench.__main__ import main
+from workbench.analysis import analyze_run, compare_run_dirs
 from workbench.experiment import ExperimentConfig, experiment_config, load_experiment_config, run_experiment
 
 SMOKE = {"preset": "smoke", "shots": 4, "seed": 0, "device": "cpu",
@@ -47,6 +48,22 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, cache):
     assert metrics["final_manifold_entropy"] is not None
     with pytest.raises(FileExistsError):
         main(["train", "--config", str(config), "--run-dir", str(run_dir)])
+
+    # The analysis is rebuilt from the directory alone, equal to what the run computed.
+    samples_before = (run_dir / "samples.csv").read_bytes()
+    assert main(["analyze", str(run_dir), "--compare", str(run_dir)]) is not None
+    table, rebuilt = analyze_run(run_dir)
+    for key, value in metrics["analysis"].items():
+        assert rebuilt[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert "ambiguity/spearman" in rebuilt and rebuilt["manifold_entropy/final"] == pytest.approx(
+        metrics["final_manifold_entropy"])
+    assert table["ame_sample_entropy"].shape == (len(table["label"]),)  # AME was on: entropy on its manifold
+    assert (run_dir / "samples.csv").read_bytes() == samples_before  # the run's own files stay as they were
+    assert json.loads((run_dir / "analysis.json").read_text())["hm"] == pytest.approx(metrics["hm"])
+    same = compare_run_dirs(run_dir, run_dir)
+    assert same["wrong_to_right"] == same["right_to_wrong"] == 0 and same["mean_entropy_change"] == 0
+    with pytest.raises(FileNotFoundError, match="holds no embeddings.npz"):
+        analyze_run(tmp_path)
 
 
 def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache, monkeypatch):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench quickstart|train|pipeline``. Thin: parsing here, work in the library."""
+"""Command line: ``python -m workbench quickstart|train|analyze|pipeline``. Thin: parsing here, work in the library."""
 
 from __future__ import annotations
 
@@ -28,14 +28,36 @@ def quickstart(args: argparse.Namespace) -> Path:
 
 def train(args: argparse.Namespace) -> Path:
     """Run one distillation experiment from a config file into a run directory."""
-    from .experiment import load_experiment_config, run_experiment
+    from .experiment import experiment_config, run_experiment
+    from .train import distributed_rank, init_distributed, select_device
 
-    config = load_experiment_config(args.config)
+    config = experiment_config(args.config, **_overrides(args.set))
+    distributed = init_distributed(select_device(config.device))  # torchrun: join the process group
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / time.strftime(f"{Path(args.config).stem}-%Y%m%d-%H%M%S")
+    if distributed and not args.run_dir:
+        raise SystemExit("error: under torchrun give --run-dir, so that every process writes to the same place")
     metrics = run_experiment(config, run_dir, resume=args.resume, progress=True)
+    if distributed_rank()[0] != 0:
+        return run_dir
     print(f"base {100 * metrics['base_acc']:.1f}  new {100 * metrics['new_acc']:.1f}  HM {100 * metrics['hm']:.1f}")
     print(f"run directory: {run_dir}")
     return run_dir
+
+
+def analyze(args: argparse.Namespace) -> dict:
+    """Rebuild a run's per-sample table and metrics from its directory; optionally compare with another run."""
+    from .analysis import analyze_run, compare_run_dirs
+
+    table, metrics = analyze_run(args.run_dir)
+    print(f"{len(next(iter(table.values())))} samples; base {100 * metrics['base_acc']:.1f}  "
+          f"new {100 * metrics['new_acc']:.1f}  HM {100 * metrics['hm']:.1f}  ECE {metrics['calibration/ece']:.3f}")
+    if "ambiguity/spearman" in metrics:
+        print(f"ambiguity score vs ground truth: Spearman {metrics['ambiguity/spearman']:.3f}")
+    if args.compare:
+        comparison = compare_run_dirs(args.run_dir, args.compare)
+        print(f"vs {args.compare}: {comparison['wrong_to_right']} wrong -> right, {comparison['right_to_wrong']} "
+              f"right -> wrong, mean entropy change {comparison['mean_entropy_change']:+.3f} nats")
+    return metrics
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -152,11 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--cache-dir", default="runs/cache", help="world and pretrained models (reused)")
     qs.add_argument("--run-dir", default="", help="results directory (default runs/quickstart-<time>)")
     qs.set_defaults(func=quickstart)
-    tr = commands.add_parser("train", help="one distillation run from a config file (see workbench.experiment)")
+    tr = commands.add_parser("train", help="one distillation run from a config file (see workbench.experiment); "
+                                           "multi-GPU: torchrun --nproc-per-node N -m workbench train …")
     tr.add_argument("--config", required=True, help="YAML/JSON experiment config, e.g. configs/kd_ame.yaml")
     tr.add_argument("--run-dir", default="", help="results directory (default runs/<config>-<time>)")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    tr.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="override one setting by its flat name (shots=4, ame_weight=50, epochs=5 …); repeatable")
     tr.set_defaults(func=train)
+    an = commands.add_parser("analyze", help="per-sample table + metrics of a finished run (writes "
+                                             "analysis_samples.csv, analysis.json); --compare another run on the same samples")
+    an.add_argument("run_dir", help="a run directory (python -m workbench train, or a pipeline step)")
+    an.add_argument("--compare", default="", help="second run directory: which samples flipped, how entropy moved")
+    an.set_defaults(func=analyze)
     _add_pipeline(commands)
     return parser
 

@@ -804,3 +804,113 @@ def analyze_predictions(student_logits, labels, image_features, class_vectors, t
         agreement = ambiguity_agreement(table["ambiguity_score"], true_ambiguity)
         metrics.update({f"ambiguity/{k}": v for k, v in agreement.items()})
     return table, metrics
+
+
+# ---------------------------------------------------------------- run directories
+EMBEDDINGS_FILE = "embeddings.npz"
+
+
+def _run_files(run_dir: str | os.PathLike) -> Path:
+    """The directory holding a run's ``embeddings.npz``: the run dir itself or its ``experiment/``
+    (a pipeline step)."""
+    run_dir = Path(run_dir)
+    for candidate in (run_dir, run_dir / "experiment"):
+        if (candidate / EMBEDDINGS_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{run_dir} holds no {EMBEDDINGS_FILE} (nor does {run_dir / 'experiment'}); analyze_run reads the test-set "
+        "embeddings and logits that workbench.experiment.run_experiment writes there")
+
+
+def ame_sample_entropy(checkpoint_path: str | os.PathLike, image_features, class_vectors) -> np.ndarray | None:
+    """Each image's entropy over the class vectors on the run's AME shared manifold, or None without AME.
+
+    The AME projections are read from the training checkpoint (they are never part of the exported
+    student); each image's projected row scores the projected class rows by scaled dot product and
+    the entropy of their softmax is returned (nats, shape (N,)), as in AME's per-sample variant.
+    """
+    from .losses import AMELoss, entropy
+
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    ame_state = next((m for m in state["modules"] if "text_projection.0.weight" in m and "steps_done" in m), None)
+    if ame_state is None or "image_projection.weight" not in ame_state:
+        return None
+    hidden, text_dim = ame_state["text_projection.0.weight"].shape
+    manifold_dim, image_dim = ame_state["image_projection.weight"].shape
+    ame = AMELoss(image_dim=int(image_dim), text_dim=int(text_dim), manifold_dim=int(manifold_dim),
+                  hidden_dim=int(hidden))
+    ame.load_state_dict(ame_state)
+    with torch.no_grad():
+        image_rows = ame.image_projection(_features(image_features, "image_features").float())
+        text_rows = ame.text_projection(_features(class_vectors, "class_vectors").float())
+        return entropy(image_rows @ text_rows.T / math.sqrt(manifold_dim), dim=1).numpy().astype(np.float64)
+
+
+def analyze_run(run_dir: str | os.PathLike, write: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Per-sample table and per-run metrics of a finished run, rebuilt from its directory alone.
+
+    Reads ``embeddings.npz`` (test-set student and teacher embeddings and logits, class vectors,
+    labels, base/new classes, ground-truth ambiguity when known), ``train.jsonl`` (the H(M)
+    trajectory) and, when the run trained with AME, the AME projections in ``checkpoint.pt`` (each
+    sample's entropy on the shared manifold). Works on the run directory of ``python -m workbench
+    train`` and on a pipeline step's directory. With ``write``, the table goes to
+    ``analysis_samples.csv`` and the metrics to ``analysis.json`` next to the embeddings.
+
+    Returns ``(table, metrics)``: metrics as in :func:`analyze_predictions` plus
+    ``manifold_entropy/final`` and ``manifold_entropy/steps`` when the log has H(M), and
+    ``ame/sample_entropy_mean`` when the checkpoint has AME.
+    """
+    from .runs import write_json
+
+    files = _run_files(run_dir)
+    with np.load(files / EMBEDDINGS_FILE, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    for key in ("image_features", "text_features", "logits", "labels"):
+        if key not in arrays:
+            raise ValueError(f"{files / EMBEDDINGS_FILE} lacks {key!r}; expected image_features, text_features, "
+                             f"logits and labels")
+    class_names = [str(c) for c in arrays["class_names"]] if "class_names" in arrays else None
+    table, metrics = analyze_predictions(
+        arrays["logits"], arrays["labels"], arrays["image_features"], arrays["text_features"],
+        teacher_logits=arrays.get("teacher_logits"), teacher_features=arrays.get("teacher_features"),
+        base_classes=arrays.get("base_classes"), new_classes=arrays.get("new_classes"),
+        true_ambiguity=arrays.get("true_ambiguity"), class_names=class_names)
+    sample_entropy = ame_sample_entropy(files / "checkpoint.pt", arrays["image_features"], arrays["text_features"])
+    if sample_entropy is not None:
+        table["ame_sample_entropy"] = sample_entropy
+        metrics["ame/sample_entropy_mean"] = float(sample_entropy.mean())
+    if (files / "train.jsonl").is_file():
+        trajectory = entropy_trajectory(files / "train.jsonl")
+        if trajectory["n"]:
+            metrics["manifold_entropy/first"] = float(trajectory["values"][0])
+            metrics["manifold_entropy/final"] = trajectory["final"]
+            metrics["manifold_entropy/steps"] = float(trajectory["n"])
+    if write:
+        write_table(table, files / "analysis_samples.csv")  # never replaces the run's own samples.csv
+        write_json(files / "analysis.json", metrics)
+    return table, metrics
+
+
+def compare_run_dirs(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
+    """:func:`compare_runs` of two run directories' test samples, plus each run's headline metrics.
+
+    The samples that flipped are given by row (test image index) with their labels and both
+    predictions, so a notebook can show them.
+    """
+    table_a, metrics_a = analyze_run(run_a, write=False)
+    table_b, metrics_b = analyze_run(run_b, write=False)
+    comparison = compare_runs(table_a, table_b)
+    for name, metrics in (("a", metrics_a), ("b", metrics_b)):
+        for key in ("base_acc", "new_acc", "hm", "calibration/ece", "alignment/effective_rank"):
+            if key in metrics:
+                comparison[f"{key}_{name}"] = metrics[key]
+    comparison["flipped"] = {
+        direction: {"row": rows, "label": np.asarray(table_a["label"])[rows],
+                    "predicted_a": np.asarray(table_a["predicted"])[rows],
+                    "predicted_b": np.asarray(table_b["predicted"])[rows]}
+        for direction, rows in (("wrong_to_right", comparison["wrong_to_right_indices"]),
+                                ("right_to_wrong", comparison["right_to_wrong_indices"]))}
+    return comparison

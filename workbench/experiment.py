@@ -150,18 +150,25 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
 
     A non-empty ``run_dir`` is refused unless ``resume`` is true, in which case training continues
     from ``checkpoint.pt`` and ends with the same metrics as an uninterrupted run.
+
+    Under ``torchrun`` every process trains on its share of each batch (see :func:`workbench.train.fit`);
+    rank 0 writes the run directory and evaluates, the other ranks return an empty dict.
     """
     from . import analysis, models, protocol, recipes
     from .evaluation import predict
     from .runs import create_run_dir, environment_info, write_arrays, write_json
     from .cache import cached_image_features
-    from .train import select_device
+    from .train import distributed_rank, select_device
 
-    run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
-    write_json(run_dir / "config.json", dataclasses.asdict(config))
-    write_json(run_dir / "environment.json", environment_info())
+    rank, world_size = distributed_rank()
+    if rank == 0:
+        run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
+        write_json(run_dir / "config.json", dataclasses.asdict(config))
+        write_json(run_dir / "environment.json", {**environment_info(), "world_size": world_size})
+    run_dir = Path(run_dir)
     device = select_device(config.device)
-    setup = _shared_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device))
+    # Under torchrun rank 0 fills the shared caches (world, models, teacher features) before the others read them.
+    setup = _rank_zero_first(lambda: _shared_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device)))
     spec, splits, teacher, tokenizer, class_vectors = (setup[k] for k in ("spec", "splits", "teacher", "tokenizer",
                                                                            "class_vectors"))
     student = copy.deepcopy(setup["student"])  # training changes it; the next run starts from the same weights
@@ -186,13 +193,16 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     teacher_cache = cache / "teacher_features"
     teacher_scale = float(teacher.logit_scale.detach().exp())
     live = settings.teacher_mode == "live"
-    train_features = None if live else cached_image_features(teacher, train_images, teacher_cache, device=device)[0]
+    train_features = None if live else _rank_zero_first(
+        lambda: cached_image_features(teacher, train_images, teacher_cache, device=device)[0])
     targets = recipes.TeacherTargets(train_features, teacher_scale, model=teacher)
     result = recipes.distill(student, train_images, targets, class_vectors, settings, device,
                              log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
                              progress=progress, train_classes=base, labels=train_labels, validation=validation,
                              base_test=base_test, vocabulary=class_vectors)
     history = result.history
+    if rank != 0:  # training was shared; evaluation and every file are rank 0's
+        return {}
     models.save_weights(student, run_dir / "student.safetensors", metadata={"recipe": settings.recipe})
     added = recipe_modules(result.model)
     if added:
@@ -209,7 +219,8 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     # What the explorer and analyze_run need without the models: row i is test image i.
     write_arrays(run_dir / "embeddings.npz", image_features=features.numpy(), text_features=class_vectors.float().cpu().numpy(),
                  logits=logits.numpy(), teacher_features=teacher_features.numpy(), teacher_logits=teacher_logits.numpy(),
-                 labels=np.asarray(test.labels), base_classes=np.asarray(base), new_classes=np.asarray(new))
+                 labels=np.asarray(test.labels), base_classes=np.asarray(base), new_classes=np.asarray(new),
+                 true_ambiguity=np.asarray(test.ambiguity), class_names=np.asarray(spec.class_names, dtype=str))
     metrics = {"base_acc": stats["base_acc"], "new_acc": stats["new_acc"], "hm": stats["hm"],
                "analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
                "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None}
@@ -230,6 +241,18 @@ def recipe_modules(model) -> dict:
         return {}
     return {f"{name}.{key}": value.detach().cpu().contiguous()
             for name, module in parts.items() for key, value in module.state_dict().items()}
+
+
+def _rank_zero_first(build):
+    """``build()`` on rank 0, then on the other ranks (which then read what rank 0 cached); no-op outside DDP."""
+    from .train import distributed_rank
+
+    rank, world_size = distributed_rank()
+    if world_size == 1:
+        return build()
+    result = build() if rank == 0 else None
+    torch.distributed.barrier()
+    return result if rank == 0 else build()
 
 
 def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, overwrite_run_dir: bool = False,
