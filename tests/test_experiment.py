@@ -126,3 +126,43 @@ def test_pipeline_step_gives_the_same_run_through_papermill_and_in_process(tmp_p
         metrics[in_process] = json.loads((run_dir / "metrics.json").read_text())
     for key in ("base_acc", "new_acc", "hm", "final_manifold_entropy"):
         assert metrics[True][key] == pytest.approx(metrics[False][key], rel=1e-6)
+
+
+@pytest.mark.reliability
+def test_sigkilled_training_resumes_to_the_same_metrics(tmp_path, cache):
+    """Kill ``python -m workbench train`` with SIGKILL at two points, resume each, compare with a straight run."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = {**SMOKE, "cache_dir": cache, "distill": {**SMOKE["distill"], "optim": {"epochs": 4, "batch_size": 8}}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    straight = run_experiment(ExperimentConfig.from_dict(settings), tmp_path / "straight")
+    rng = random.Random(0)
+
+    def killed_when(run_dir, ready):
+        process = subprocess.Popen([sys.executable, "-m", "workbench", "train", "--config", str(config),
+                                    "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while not ready(run_dir) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert process.returncode == -signal.SIGKILL, "training ended before it could be killed"
+
+    points = {"before the first checkpoint": lambda d: (d / "train.jsonl").is_file(),
+              "after a checkpoint": lambda d: (d / "checkpoint.pt").is_file()}
+    for name, ready in points.items():
+        run_dir = tmp_path / name.replace(" ", "-")
+        killed_when(run_dir, ready)
+        assert not (run_dir / "metrics.json").exists()
+        resumed = run_experiment(ExperimentConfig.from_dict(settings), run_dir, resume=True)
+        log = [json.loads(line) for line in (run_dir / "train.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == list(range(straight["steps"])), name  # no step lost or repeated
+        for key in ("base_acc", "new_acc", "hm"):
+            assert resumed[key] == pytest.approx(straight[key]), (name, key)
+        assert not list(run_dir.glob("*.tmp*")), name  # no half-written file left behind

@@ -283,7 +283,9 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     history = []
     if checkpoint_path and Path(checkpoint_path).is_file():
         first_epoch, step = _restore(checkpoint_path, modules, optimizer, scheduler, order, selector)
-        history = _truncate_log(log_path, step) if log_path and rank == 0 else []
+    if checkpoint_path and log_path and rank == 0:
+        # The log keeps exactly the steps the checkpoint covers: none when a run died before its first one.
+        history = _truncate_log(log_path, step)
     if world_size > 1:
         for tensor in [p.data for p in params] + [b for m in modules for b in m.buffers()]:
             torch.distributed.broadcast(tensor, src=0)
