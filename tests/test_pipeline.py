@@ -245,6 +245,9 @@ def test_report_summarises_seeds_and_pairs_on_with_off(sweep, tmp_path):
     assert html.count("Plotly.newPlot") == 6  # per metric: curve, on/off bars, paired difference
     assert "<script src=" not in html and "plotly.js v" in html  # offline
     assert "Paired comparisons" in html and "absent" in html
+    markdown = report["markdown"].read_text()
+    assert "| w=0 | w=5 | 5 − 0 [95% CI] |" in markdown  # the sweep values are the columns
+    assert "| 0.5000 ± 0.7071 | 10.5000 ± 0.7071 | +10.0000 [+10.0000, +10.0000] |" in markdown
 
 
 def test_changed_code_or_parameters_make_finished_runs_stale(sweep, tmp_path):

@@ -1031,8 +1031,8 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
     """Summarise the done runs of ``output`` into ``report_dir`` (default ``<output>/report``).
 
     Writes ``summary.csv`` (mean, std and bootstrap CI over seeds per group, sweep value and metric),
-    ``paired.csv`` (each sweep value against ``settings.off_value`` on shared seeds) and ``report.html``, a
-    static page with plotly.js inlined (opens offline). ``settings`` default to the ``report:`` block of
+    ``paired.csv`` (each sweep value against ``settings.off_value`` on shared seeds), ``report.html``, a
+    static page with plotly.js inlined (opens offline), and ``report.md`` (:func:`markdown_report`). ``settings`` default to the ``report:`` block of
     the spec recorded in ``<output>/pipeline.json``. Returns the paths and :func:`summarize`'s result.
     """
     import plotly.io as pio
@@ -1103,5 +1103,40 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(record.get('name', output.name))}"
             f" report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
     report_html = _write_text(report_dir / "report.html", page)
-    return {"summary_csv": summary_csv, "paired_csv": paired_csv, "html": report_html, "result": result,
-            "counts": counts}
+    report_md = _write_text(report_dir / "report.md", markdown_report(result, settings))
+    return {"summary_csv": summary_csv, "paired_csv": paired_csv, "html": report_html, "markdown": report_md,
+            "result": result, "counts": counts}
+
+
+def markdown_report(result: dict, settings: ReportSettings = ReportSettings()) -> str:
+    """One Markdown table per metric: a row per group, ``mean ± std`` over seeds per sweep value, and the
+    paired difference ``on_value − off_value`` with its CI (what README tables quote)."""
+    groups, sweep = result["groups"], result["sweep"]
+    pct = int(round(100 * settings.confidence))
+    sections = []
+    for metric in result["metrics"]:
+        rows = [r for r in result["summary"] if r["metric"] == metric]
+        values = sorted({_norm(r[sweep]) for r in rows}, key=lambda v: _sort_key(json.loads(v))) if sweep else []
+        cells: dict[tuple, dict] = {}
+        for r in rows:
+            key = tuple(_norm(r[g]) for g in groups)
+            entry = cells.setdefault(key, {"group": [r[g] for g in groups]})
+            entry[_norm(r[sweep]) if sweep else None] = f"{_num(r['mean'])} ± {_num(r['std'])}"
+        diffs = {tuple(_norm(r[g]) for g in groups): r for r in result["paired"]
+                 if r["metric"] == metric and sweep and _norm(r[sweep]) == _norm(settings.on_value)}
+        header = list(groups) + ([f"{sweep}={json.loads(v)}" for v in values] if sweep else ["mean ± std"])
+        with_diff = bool(diffs)
+        if with_diff:
+            header.append(f"{settings.on_value} − {settings.off_value} [{pct}% CI]")
+        lines = [f"**{metric}** (mean ± std over {settings.seed})", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(groups) + "---:|" * (len(header) - len(groups))]
+        for key in sorted(cells, key=lambda k: [_sort_key(json.loads(v)) for v in k]):
+            entry = cells[key]
+            row = [str(v) for v in entry["group"]] + [entry.get(v, "–") for v in (values or [None])]
+            if with_diff:
+                d = diffs.get(key)
+                row.append(f"{_num(d['mean_diff'], True)} [{_num(d['ci_low'], True)}, {_num(d['ci_high'], True)}]"
+                           if d else "–")
+            lines.append("| " + " | ".join(row) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
