@@ -309,3 +309,15 @@ def test_analyze_predictions_combines_every_family():
     assert metrics["alignment/knn_agreement_teacher"] == 1.0
     assert 0 <= metrics["calibration/ece"] <= 1
     assert {"ambiguity/spearman", "ambiguity/auroc_ambiguous", "alignment/effective_rank", "entropy/mean"} <= set(metrics)
+
+
+def test_cross_dataset_average_leaves_the_source_out():
+    from workbench.analysis import cross_dataset_summary
+
+    out = cross_dataset_summary({"imagenet": 0.7, "caltech101": 0.9, "dtd": 0.4}, source="imagenet")
+    assert out["target_average"] == pytest.approx(0.65) and out["n_targets"] == 2
+    assert out["source/imagenet"] == 0.7 and out["target/dtd"] == 0.4
+    with pytest.raises(ValueError, match="source dataset 'eurosat' is not among the results"):
+        cross_dataset_summary({"dtd": 0.4}, source="eurosat")
+    with pytest.raises(ValueError, match=r"accuracies must lie in \[0, 1\]"):
+        cross_dataset_summary({"a": 0.5, "b": 53.0})

@@ -466,6 +466,31 @@ def classification_metrics(logits, labels, base_classes=None, new_classes=None) 
     return out
 
 
+def cross_dataset_summary(accuracies: dict[str, float], source: str | None = None) -> dict[str, float]:
+    """The field's cross-dataset figure: accuracy on each target dataset and their average.
+
+    ``accuracies`` maps dataset name → accuracy (e.g. ``accuracy`` of :func:`classification_metrics`
+    per dataset); ``source`` (the dataset trained on) is reported but left out of the average.
+    Returns ``{"source/<name>", "target/<name>" …, "target_average", "n_targets"}``.
+    """
+    if not accuracies:
+        raise ValueError("cross_dataset_summary needs at least one dataset's accuracy")
+    if source is not None and source not in accuracies:
+        raise ValueError(f"source dataset {source!r} is not among the results {sorted(accuracies)}")
+    targets = {name: float(acc) for name, acc in accuracies.items() if name != source}
+    if not targets:
+        raise ValueError("no target dataset besides the source")
+    bad = {name: acc for name, acc in targets.items() if not 0 <= acc <= 1}
+    if bad:
+        raise ValueError(f"accuracies must lie in [0, 1]; got {bad}")
+    out = {f"target/{name}": acc for name, acc in targets.items()}
+    if source is not None:
+        out[f"source/{source}"] = float(accuracies[source])
+    out["target_average"] = float(np.mean(list(targets.values())))
+    out["n_targets"] = float(len(targets))
+    return out
+
+
 def _check_bins(n_bins) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
