@@ -322,3 +322,46 @@ def test_command_line_runs_one_index_then_plans_indexes_and_reports(tiny, tmp_pa
     assert "runs: 1 done, 1 failed" in out and (tmp_path / "out" / "report" / "report.html").is_file()
     with pytest.raises(SystemExit, match="grid.w: expected a non-empty list"):
         main(["pipeline", "run", str(path), "--set", "w=[]"])
+
+
+@pytest.mark.reliability
+def test_sigkilled_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    """Kill ``python -m workbench pipeline run`` mid-sweep; the rerun does only what is missing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    notebook = write_notebook(tmp_path / "tiny.ipynb")
+    counter = tmp_path / "counter.txt"
+    data = {"name": "slow", "notebook": str(notebook), "output": str(tmp_path / "out"),
+            "parameters": {"counter": str(counter)}, "grid": {"w": [0, 5], "seed": [0, 1]},
+            "exclude": [], "report": {"metrics": ["score"], "seed": "seed", "sweep": "w", "off_value": 0,
+                                      "on_value": 5}}
+    spec_path = tmp_path / "slow.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    process = subprocess.Popen([sys.executable, "-m", "workbench", "pipeline", "run", str(spec_path), "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(counter.read_text().splitlines() if counter.exists() else []) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    # Killed while the second run executes (each kernel start takes about a second).
+    finished_before = {p.parent.name for p in (tmp_path / "out").glob("*/status.json")
+                       if json.loads(p.read_text())["status"] == "done"}
+    assert 1 <= len(finished_before) < 4
+    spec = load_spec(spec_path)
+    states = {p.run.run_id: p.state for p in plan(spec)}
+    assert {rid for rid, state in states.items() if state == "done"} == finished_before
+    assert set(states.values()) <= {"done", "incomplete", "missing"}  # the killed run is seen as incomplete
+    lines_before = len(counter.read_text().splitlines())
+    result = run_pipeline(spec, progress=False)
+    assert not set(result.executed) & finished_before  # nothing finished is redone
+    assert set(result.executed) | finished_before == {r.run_id for r in spec.runs()}
+    assert len(counter.read_text().splitlines()) - lines_before == len(result.executed)
+    index = read_csv(tmp_path / "out" / "index.csv")
+    assert sorted(r["run_id"] for r in index) == sorted(r.run_id for r in spec.runs())
+    assert all(r["status"] == "done" for r in index)
