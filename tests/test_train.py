@@ -217,3 +217,25 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
             checkpoint_path=tmp_path / "c.pt")
     state = torch.load(tmp_path / "c.pt", weights_only=True)
     assert state["epochs_done"] == 2 and state["step"] == 4
+
+
+def test_resume_drops_a_log_line_cut_short_by_a_crash(tmp_path):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 1)
+    inputs = torch.randn(8, 2)
+
+    def run():
+        return fit([layer], lambda i: {"mse_loss": layer(inputs[i]).pow(2).mean()}, 8,
+                   OptimConfig(epochs=3, batch_size=4), torch.device("cpu"), log_path=tmp_path / "log.jsonl",
+                   checkpoint_path=tmp_path / "ckpt.pt")
+
+    run()
+    log = tmp_path / "log.jsonl"
+    lines = log.read_text().splitlines()
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    checkpoint["epochs_done"], checkpoint["step"] = 2, 4  # as if killed while writing epoch 3's log
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    log.write_text("\n".join(lines[:5]) + "\n" + lines[5][:12])  # half a JSON line at the end
+    history = run()
+    assert [r["step"] for r in history] == list(range(6))
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(6))

@@ -777,32 +777,18 @@ def entropy_trajectory(log_path: str | os.PathLike, key: str = "manifold_entropy
     dict
         ``steps`` (np.ndarray of int64), ``values`` (np.ndarray of float64), ``final`` (last
         value, NaN if none), ``n`` and ``runs``. ``fit`` appends to its log, so a file can hold
-        several runs; a step that does not increase starts a new run, and only the last run
+        several runs; a step smaller than the one before starts a new run, and only the last run
         is returned (``runs`` counts them).
     """
-    path = Path(log_path)
-    steps, values, runs, previous = [], [], 0, None
-    with open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or "step" not in record:
-                raise ValueError(f"{path}, line {line_no}: expected an object with a 'step' field")
-            step = record["step"]
-            if previous is None or step <= previous:
-                runs += 1
-                steps, values = [], []
-            previous = step
-            if key in record:
-                steps.append(int(step))
-                values.append(float(record[key]))
+    from .runs import read_log_runs
+
+    runs = read_log_runs(log_path)
+    last = runs[-1] if runs else []
+    steps = [int(r["step"]) for r in last if key in r]
+    values = [float(r[key]) for r in last if key in r]
     steps, values = np.array(steps, dtype=np.int64), np.array(values, dtype=np.float64)
     return {"steps": steps, "values": values, "final": float(values[-1]) if len(values) else float("nan"),
-            "n": len(values), "runs": runs}
+            "n": len(values), "runs": len(runs)}
 
 
 # ---------------------------------------------------------------- one call for one model on one split

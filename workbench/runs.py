@@ -52,6 +52,32 @@ def write_arrays(path: str | os.PathLike, **arrays) -> Path:
     return path
 
 
+def read_log_runs(path: str | os.PathLike) -> list[list[dict]]:
+    """The records of a JSONL training log (:func:`workbench.train.fit`), split into runs.
+
+    ``fit`` appends to its log, so one file may hold several runs: a step smaller than the one
+    before starts a new run (records repeating a step, e.g. an evaluation logged after it, stay in
+    theirs). Blank lines are skipped; a malformed line raises ``ValueError`` naming file and line.
+    """
+    runs, previous = [[]], None
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from None
+            step = record.get("step") if isinstance(record, dict) else None
+            if step is None:
+                raise ValueError(f"{path}, line {line_no}: expected an object with a 'step' field")
+            if previous is not None and step < previous:
+                runs.append([])
+            previous = step
+            runs[-1].append(record)
+    return runs if runs[0] else []
+
+
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 

@@ -395,7 +395,8 @@ def _truncate_log(log_path, steps: int) -> list[dict]:
     path = Path(log_path)
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:steps]
+    # Only the first `steps` lines are parsed: a line cut short by a crash lies beyond them.
+    records = [json.loads(line) for line in [x for x in path.read_text().splitlines() if x.strip()][:steps]]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)

@@ -846,28 +846,12 @@ def entropy_histograms(tables, base_classes=None, column: str = "entropy", nbins
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
-    """Records of a JSONL training log (:func:`workbench.train.fit`); the last run of an appended file.
+    """Records of a JSONL training log (:func:`workbench.train.fit`); the last run of an appended file
+    (see :func:`workbench.runs.read_log_runs`)."""
+    from .runs import read_log_runs
 
-    A step smaller than the one before starts a new run (:func:`workbench.train.fit` appends);
-    records repeating the last step (e.g. an evaluation logged after it) stay in the run.
-    """
-    runs, previous = [[]], None
-    with open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg})") from None
-            step = record.get("step") if isinstance(record, dict) else None
-            if step is None:
-                raise ValueError(f"{path}, line {line_no}: expected an object with a 'step' field")
-            if previous is not None and step < previous:
-                runs.append([])
-            previous = step
-            runs[-1].append(record)
-    return runs[-1]
+    runs = read_log_runs(path)
+    return runs[-1] if runs else []
 
 
 def _curve_panels(records: list[dict], keys) -> dict[str, list[str]]:
