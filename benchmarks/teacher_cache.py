@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
         full = np.asarray(load_features(path)).sum()
         load_s = time.perf_counter() - start
         size_mb = Path(path).stat().st_size / 2**20
-        cached_targets = recipes.TeacherTargets(reloaded, float(teacher.logit_scale.exp()), model=teacher)
-        live_targets = recipes.TeacherTargets(None, float(teacher.logit_scale.exp()), model=teacher)
+        cached_targets = recipes.TeacherTargets(reloaded, float(teacher.logit_scale.detach().exp()), model=teacher)
+        live_targets = recipes.TeacherTargets(None, float(teacher.logit_scale.detach().exp()), model=teacher)
         timings = {"cached": [], "live": []}
         for _ in range(args.repeats):
             timings["cached"].append(epoch_seconds(student, images, cached_targets, vectors, "cached", args.epochs, device))
