@@ -3,6 +3,8 @@ import io
 import json
 import math
 
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -342,11 +344,17 @@ def _has_kaleido():
     return True
 
 
-@pytest.mark.skipif(_has_kaleido(), reason="kaleido is installed; the PNG test below runs instead")
-def test_save_png_without_kaleido_says_what_to_install(world_map, tmp_path):
+def test_save_png_without_kaleido_or_chromium_says_what_to_install(world_map, tmp_path, monkeypatch):
     fig = viz.reliability_diagram(analysis.reliability_diagram(world_map["logits"], world_map["labels"]))
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # as if not installed
     with pytest.raises(ImportError, match=r"kaleido' \(>= 1\) and a Chromium"):
         viz.save_png(fig, tmp_path / "fig.png")
+    monkeypatch.delitem(sys.modules, "kaleido")
+    if _has_kaleido():
+        monkeypatch.setattr(viz, "find_chromium", lambda: None)
+        with pytest.raises(RuntimeError, match="save_png found no Chromium"):
+            viz.save_png(fig, tmp_path / "fig.png")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(not _has_kaleido() or viz.find_chromium() is None, reason="needs kaleido >= 1 and a Chromium")
