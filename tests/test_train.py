@@ -153,6 +153,12 @@ def test_zoo_pretrains_once_then_loads_from_cache(tmp_path):
                                optim=OptimConfig(epochs=3, batch_size=32, lr=2e-3))
     assert zoo.cache_key(other, "test-world") != info["key"]
     assert zoo.cache_key(config, "other-world") != info["key"]
+    # Whatever the process drew from the RNG before, pretraining starts from the same weights.
+    torch.manual_seed(12345)
+    torch.randn(100)
+    fresh, _, info3 = zoo.load_or_pretrain(config, split, "test-world", tmp_path / "elsewhere", torch.device("cpu"))
+    assert not info3["from_cache"]
+    torch.testing.assert_close(encode_images(fresh, x), encode_images(model, x))
 
 
 def test_pretrain_rejects_more_images_than_the_split_has(tmp_path, student_and_tokenizer):

@@ -41,8 +41,9 @@ class PretrainConfig:
 
 def cache_key(config: PretrainConfig, world_fingerprint: str) -> str:
     """Short hash of everything that determines the pretrained weights."""
+    # "init" marks weights initialised from the config's seed; earlier caches depended on the process's RNG history.
     payload = json.dumps({"config": asdict(config), "model": load_model_config(config.model),
-                          "world": world_fingerprint}, sort_keys=True)
+                          "world": world_fingerprint, "init": "seeded"}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -87,7 +88,11 @@ def load_or_pretrain(config: PretrainConfig, split, world_fingerprint: str, zoo_
     zoo_dir = Path(zoo_dir)
     weights = zoo_dir / f"{config.model}-{key}.safetensors"
     record = zoo_dir / f"{config.model}-{key}.json"
-    model, tokenizer = create_embedded_model(config.model)
+    # Initial weights come from the config's seed, not from whatever the process drew before: the quickstart,
+    # `train` and a sweep must pretrain the same model whichever of them fills the cache first.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.optim.seed)
+        model, tokenizer = create_embedded_model(config.model)
     if weights.is_file() and record.is_file():
         load_weights(model, weights)
         info = json.loads(record.read_text())
