@@ -110,12 +110,29 @@ def create_embedded_model(name: str) -> tuple[nn.Module, object]:
 @torch.no_grad()
 def encode_texts(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256,
                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """L2-normalised text embeddings, ``(len(texts), D)``, computed in batches."""
+    """L2-normalised text embeddings, ``(len(texts), D)``, computed in batches.
+
+    For Hugging Face text towers (which mask padding) each batch is cut to its longest prompt: the
+    tokenizer pads to the full context length, and short prompts then cost twice the work for the
+    same embeddings.
+    """
+    pad_id = _hf_pad_token_id(model)
     chunks = []
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
-        chunks.append(model.encode_text(tokens, normalize=True).float().cpu())
+        tokens = tokenizer(list(texts[start:start + batch_size]))
+        if pad_id is not None:
+            used = (tokens != pad_id).any(dim=0).nonzero()
+            tokens = tokens[:, :int(used.max()) + 1] if len(used) else tokens
+        chunks.append(model.encode_text(tokens.to(device), normalize=True).float().cpu())
     return torch.cat(chunks)
+
+
+def _hf_pad_token_id(model: nn.Module) -> int | None:
+    """The padding id of a Hugging Face text tower (its attention mask is ``tokens != pad``), else None."""
+    text = getattr(model, "text", None)
+    if type(text).__name__ != "HFTextEncoder":
+        return None
+    return getattr(getattr(text, "config", None), "pad_token_id", None)
 
 
 def build_class_vectors(model: nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[str],
