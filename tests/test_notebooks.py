@@ -1,6 +1,20 @@
-"""Notebooks executed by papermill in smoke mode, with their outputs checked."""
+"""Every notebook executed by papermill in smoke mode, with its outputs checked; then nbval.
+
+The notebooks share one smoke cache (world and pretrained models, built by the first notebook that
+needs it; ``tests/test_browser.py`` uses the same path). After the papermill runs,
+:func:`test_notebooks_pass_nbval` runs ``pytest --nbval-lax`` on the committed notebooks with smoke
+parameters injected: every cell must run, and the cells marked ``# NBVAL_CHECK_OUTPUT`` must print
+what the committed notebook shows. After a deliberate change of such an output, rerun this file
+with ``WORKBENCH_UPDATE_NOTEBOOK_OUTPUTS=1`` to store the new outputs in ``notebooks/``.
+"""
 
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -8,17 +22,71 @@ from workbench.pipeline import NOTEBOOK_DIR, run_notebook
 from workbench.runs import create_run_dir
 
 MODELS = ("teacher zero-shot", "student zero-shot", "KD", "KD + AME")
+CELL_TIMEOUT = 600  # seconds one cell may run before the notebook fails (a hang, not a slow machine)
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+SECONDS = {}  # notebook -> papermill wall time, reported by test_notebook_runtimes
 
 
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quickstart")
-    run_dir = root / "run"
-    run_notebook(NOTEBOOK_DIR / "00_quickstart.ipynb", run_dir,
-                 {"smoke": True, "cache_dir": str(root / "cache"), "shots": 4}, progress=False)
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    # Under the session's base temp dir, so tests/test_browser.py finds the same cache.
+    return str(tmp_path_factory.getbasetemp() / "smoke-cache")
+
+
+def execute(name: str, run_dir, parameters: dict):
+    """Run notebook ``name`` with papermill into ``run_dir`` (smoke mode) and record its wall time."""
+    start = time.perf_counter()
+    run_notebook(NOTEBOOK_DIR / name, run_dir, {"smoke": True, **parameters}, progress=False,
+                 execution_timeout=CELL_TIMEOUT)
+    SECONDS[name] = time.perf_counter() - start
     return run_dir
 
 
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def is_self_contained_html(path) -> bool:
+    text = path.read_text()
+    return "Plotly.newPlot" in text and "<script src=" not in text and "plotly.js v" in text
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory, smoke_cache):
+    return execute("00_quickstart.ipynb", tmp_path_factory.mktemp("quickstart") / "run",
+                   {"cache_dir": smoke_cache, "shots": 4})
+
+
+@pytest.fixture(scope="module")
+def explorer_run(tmp_path_factory, smoke_cache):
+    return execute("01_manifold_explorer.ipynb", tmp_path_factory.mktemp("explorer") / "run",
+                   {"cache_dir": smoke_cache})
+
+
+@pytest.fixture(scope="module")
+def entropy_run(tmp_path_factory, smoke_cache, explorer_run):
+    return execute("02_entropy_and_ambiguity.ipynb", tmp_path_factory.mktemp("entropy") / "run",
+                   {"cache_dir": smoke_cache, "explorer_dir": str(explorer_run)})
+
+
+@pytest.fixture(scope="module")
+def ablation_run(tmp_path_factory, smoke_cache):
+    return execute("03_ame_ablation.ipynb", tmp_path_factory.mktemp("ablation") / "run", {"cache_dir": smoke_cache})
+
+
+@pytest.fixture(scope="module")
+def tutorial_run(tmp_path_factory, smoke_cache):
+    return execute("04_tutorial_entropy_minimization.ipynb", tmp_path_factory.mktemp("tutorial") / "run",
+                   {"cache_dir": smoke_cache})
+
+
+@pytest.fixture(scope="module")
+def benchmark_recipe_run(tmp_path_factory, smoke_cache):
+    return execute("05_real_benchmark_recipe.ipynb", tmp_path_factory.mktemp("benchmark") / "run",
+                   {"cache_dir": smoke_cache})
+
+
+# ----------------------------------------------------------------------------- 00 quickstart
 def test_quickstart_writes_metrics_with_every_model_and_key(quickstart_run):
     metrics = json.loads((quickstart_run / "metrics.json").read_text())
     assert set(metrics["results"]) == set(MODELS)
@@ -105,3 +173,209 @@ def test_wrong_parameter_types_fail_before_any_work(tmp_path):
         run_notebook(NOTEBOOK_DIR / "00_quickstart.ipynb", tmp_path / "run",
                      {"smoke": True, "shots": "16", "cache_dir": str(tmp_path / "cache")}, progress=False)
     assert not (tmp_path / "cache").exists()  # failed before building the world
+
+
+# ----------------------------------------------------------------------------- every notebook
+def notebook_cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def source(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def test_every_notebook_opens_with_a_parameters_cell_and_a_smoke_switch():
+    for path in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        code = [c for c in notebook_cells(path) if c["cell_type"] == "code"]
+        assert "parameters" in code[0]["metadata"].get("tags", []), f"{path.name}: first code cell not tagged"
+        assert "smoke = False" in source(code[0]), f"{path.name}: no smoke switch in the parameters cell"
+        assert all("parameters" not in c["metadata"].get("tags", []) for c in code[1:]), path.name
+
+
+def test_every_numbered_notebook_is_executed_by_this_suite():
+    fixtures = {"00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
+                "03_ame_ablation.ipynb", "04_tutorial_entropy_minimization.ipynb", "05_real_benchmark_recipe.ipynb"}
+    numbered = {p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")}
+    assert numbered == fixtures == set(NBVAL_PARAMETERS)  # run_experiment.ipynb: tests/test_pipeline.py
+
+
+def test_checked_cells_have_committed_outputs():
+    for name in NBVAL_PARAMETERS:
+        for cell in notebook_cells(NOTEBOOK_DIR / name):
+            if cell["cell_type"] == "code" and source(cell).startswith(CHECK_MARK):
+                assert cell["outputs"], f"{name}: a {CHECK_MARK} cell has no stored output to compare with"
+                assert {o["output_type"] for o in cell["outputs"]} == {"stream"}, name  # small prints only
+
+
+def test_tutorial_solutions_are_tagged_and_collapsed():
+    cells = notebook_cells(NOTEBOOK_DIR / "04_tutorial_entropy_minimization.ipynb")
+    exercises = [c for c in cells if c["cell_type"] == "markdown" and "**Exercise" in source(c)]
+    solutions = [c for c in cells if "solution" in c["metadata"].get("tags", [])]
+    assert len(exercises) >= 3 and len(solutions) >= 4
+    assert all(c["metadata"]["jupyter"]["source_hidden"] for c in solutions)
+    assert all(source(c).startswith("# Solution") for c in solutions)
+
+
+# ----------------------------------------------------------------------------- 01 manifold explorer
+def test_explorer_trains_both_runs_into_its_run_directory(explorer_run):
+    metrics = read_json(explorer_run / "metrics.json")
+    assert set(metrics["results"]) == {"KD", "KD + AME"}
+    for name, folder in metrics["runs"].items():
+        result = metrics["results"][name]
+        assert all(0 <= result[k] <= 1 for k in ("base_acc", "new_acc", "hm"))
+        for file in ("config.json", "train.jsonl", "samples.csv", "embeddings.npz", "metrics.json"):
+            assert (explorer_run / folder / file).is_file(), (folder, file)
+    kd, ame = (read_json(explorer_run / f / "config.json")["distill"]["ame_weight"] for f in ("kd", "kd_ame"))
+    assert (kd, ame) == (0.0, 50.0)
+    assert "manifold_entropy" in (explorer_run / "kd_ame" / "train.jsonl").read_text()
+    assert "manifold_entropy" not in (explorer_run / "kd" / "train.jsonl").read_text()
+
+
+def test_explorer_displays_the_widget_and_saves_the_comparison(explorer_run):
+    executed = notebook_cells(explorer_run / "01_manifold_explorer.ipynb")
+    views = [o for c in executed if c["cell_type"] == "code" for o in c["outputs"]
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views, "the explorer cell displayed no widget"
+    for file in ("comparison.html", "comparison_animated.html"):
+        assert is_self_contained_html(explorer_run / file), file
+    assert "Plotly.addFrames" in (explorer_run / "comparison_animated.html").read_text()
+
+
+# ----------------------------------------------------------------------------- 02 entropy and ambiguity
+def test_entropy_notebook_reads_the_explorer_runs_without_training(entropy_run, explorer_run):
+    metrics = read_json(entropy_run / "metrics.json")
+    assert metrics["source"] == str(explorer_run)
+    assert not (entropy_run / "kd").exists()  # nothing was trained here
+    for name in ("KD", "KD + AME"):
+        assert 0 <= metrics["calibration"][name]["ece"] <= 1
+        for score in ("ambiguity score", "entropy", "1 - margin", "teacher-student KL"):
+            rho = metrics["agreement"][f"{name}: {score}"]["spearman"]
+            assert math.isnan(rho) or -1 <= rho <= 1
+    for file in metrics["figures"]:
+        assert is_self_contained_html(entropy_run / file), file
+
+
+def test_entropy_gallery_shows_the_top_ambiguity_scores(entropy_run, explorer_run):
+    import numpy as np
+
+    from workbench.analysis import read_table
+
+    rows = read_json(entropy_run / "metrics.json")["gallery_rows"]
+    scores = np.asarray(read_table(explorer_run / "kd_ame" / "samples.csv")["ambiguity_score"], float)
+    assert len(rows) == 12  # the default `top`
+    assert sorted(scores[rows]) == sorted(np.sort(scores)[-12:])
+
+
+# ----------------------------------------------------------------------------- 03 ablation
+def test_ablation_runs_a_two_point_sweep_and_writes_the_report(ablation_run):
+    sweep = ablation_run / "sweep"
+    metrics = read_json(ablation_run / "metrics.json")
+    assert metrics["runs"] == {"done": 2}
+    assert (sweep / "index.csv").is_file() and (sweep / "pipeline.json").is_file()
+    assert sorted({r["ame_weight"] for r in metrics["summary"]}) == [0, 50]
+    assert [r["ame_weight"] for r in metrics["paired"]] == [50]
+    for file in ("summary.csv", "paired.csv"):
+        assert (ablation_run / "report" / file).is_file()
+    assert is_self_contained_html(ablation_run / "report" / "report.html")
+    assert is_self_contained_html(ablation_run / "training_curves.html")
+
+
+# ----------------------------------------------------------------------------- 04 tutorial
+def test_tutorial_demonstrates_what_it_claims(tutorial_run):
+    demos = read_json(tutorial_run / "metrics.json")["demos"]
+    log_rows = math.log(15 + 48)  # C base classes + B images
+    # Trained projections drive H(M) far down; KD alone leaves it at its ceiling.
+    assert demos["KD + AME"]["manifold_entropy"] < 0.5 * log_rows
+    assert demos["KD"]["manifold_entropy"] > 0.99 * log_rows
+    # Frozen projections: AME alone collapses the features onto (nearly) one axis.
+    assert demos["AME only, frozen"]["effective_rank"] < min(3.0, demos["KD"]["effective_rank"] / 4)
+    for file in ("optimisation_demo.html", "collapse_demo.html"):
+        assert is_self_contained_html(tutorial_run / file), file
+
+
+# ----------------------------------------------------------------------------- 05 benchmark recipe
+def test_benchmark_recipe_runs_every_step_on_the_tiny_dataset(benchmark_recipe_run):
+    from workbench import data
+
+    metrics = read_json(benchmark_recipe_run / "metrics.json")
+    manifest = data.load_manifest(benchmark_recipe_run / "manifests" / "tiny_world.json")
+    assert manifest.num_classes == 4 and len(manifest.split("train")) == len(manifest.split("test")) == 32
+    assert set(metrics["zero_shot"]) == {"tiny_world: teacher", "tiny_world: student"}
+    for result in metrics["zero_shot"].values():
+        assert 0 <= result["hm"] <= 1 and result["skipped_images"] == 0
+    assert metrics["sweep"]["runs"] == 132
+
+
+# ----------------------------------------------------------------------------- nbval
+def nbval_parameters(name: str, runs: dict, cache: str, tmp_path):
+    """Smoke parameters of ``name`` for the nbval run: reuse the papermill runs' outputs where a
+    notebook can (trained runs are loaded, done sweep runs skipped), in copies so nothing is changed."""
+    fresh = tmp_path / f"nbval-{name[:2]}"
+    if name == "01_manifold_explorer.ipynb":
+        fresh.mkdir()
+        for folder in ("kd", "kd_ame"):
+            shutil.copytree(runs[name] / folder, fresh / folder)
+        return {"cache_dir": cache, "run_dir": str(fresh), "overwrite_run_dir": True, "method": "pca"}
+    if name == "02_entropy_and_ambiguity.ipynb":
+        return {"cache_dir": cache, "run_dir": str(fresh), "explorer_dir": str(runs["01_manifold_explorer.ipynb"])}
+    if name == "03_ame_ablation.ipynb":
+        shutil.copytree(runs[name] / "sweep", tmp_path / "nbval-sweep")
+        return {"cache_dir": cache, "run_dir": str(fresh), "sweep_dir": str(tmp_path / "nbval-sweep")}
+    if name == "04_tutorial_entropy_minimization.ipynb":
+        return {"cache_dir": cache, "run_dir": str(fresh), "steps": 10}
+    extra = {"shots": 4} if name == "00_quickstart.ipynb" else {}
+    return {"cache_dir": cache, "run_dir": str(fresh), **extra}
+
+
+NBVAL_PARAMETERS = dict.fromkeys(["00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
+                                  "03_ame_ablation.ipynb", "04_tutorial_entropy_minimization.ipynb",
+                                  "05_real_benchmark_recipe.ipynb"])
+
+
+def store_checked_outputs(executed, committed) -> None:
+    """Copy the outputs of the ``# NBVAL_CHECK_OUTPUT`` cells of an executed notebook into ``committed``."""
+    import nbformat
+
+    notebook = nbformat.read(committed, as_version=4)
+    checked = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith(CHECK_MARK)]
+    if not checked:
+        return
+    fresh = {c.id: c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"}
+    for cell in checked:
+        cell.outputs = [o for o in fresh[cell.id].outputs if o.output_type == "stream"]
+        cell.execution_count = fresh[cell.id].execution_count  # nbval refuses outputs of an "unrun" cell
+    nbformat.write(notebook, committed)
+
+
+def test_notebooks_pass_nbval(tmp_path, smoke_cache, quickstart_run, explorer_run, entropy_run, ablation_run,
+                              tutorial_run, benchmark_recipe_run):
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+    import nbformat
+
+    runs = dict(zip(NBVAL_PARAMETERS, (quickstart_run, explorer_run, entropy_run, ablation_run, tutorial_run,
+                                       benchmark_recipe_run)))
+    if os.environ.get("WORKBENCH_UPDATE_NOTEBOOK_OUTPUTS"):
+        for name, run_dir in runs.items():
+            store_checked_outputs(run_dir / name, NOTEBOOK_DIR / name)
+    copies = []
+    for name in NBVAL_PARAMETERS:
+        notebook = load_notebook_node(str(NOTEBOOK_DIR / name))
+        parameters = {"smoke": True, **nbval_parameters(name, runs, smoke_cache, tmp_path)}
+        nbformat.write(parameterize_notebook(notebook, parameters), tmp_path / name)
+        copies.append(name)
+    start = time.perf_counter()
+    # cwd=tmp_path: the copies are outside the repository, so its pytest settings do not apply.
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={CELL_TIMEOUT}",
+         "-p", "no:cacheprovider", "-q", *copies],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    SECONDS["nbval (all notebooks)"] = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_notebook_runtimes():
+    """Not a check: prints the wall time of each notebook run above (shown with pytest -s or -rA)."""
+    if SECONDS:
+        report = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in SECONDS.items())
+        print(f"\nnotebook wall times: {report}; total {sum(SECONDS.values()):.0f} s")
