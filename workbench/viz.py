@@ -713,29 +713,35 @@ def ambiguity_gallery(images, table: Mapping, top: int = 12, column: str = "ambi
         names = np.asarray(list(class_names), dtype=object)
     ncols = min(columns, len(rows))
     nrows = math.ceil(len(rows) / ncols)
+    # Axis units are thumbnails (0.8 wide): a column is wide enough for a caption line naming two
+    # classes and a row tall enough for the caption's three lines, so neighbours never overlap.
+    unit = thumb_size / 0.8  # pixels per axis unit
+    pitch_x, pitch_y = max(1.0, 260 / unit), 1.0 + 50 / unit
     fig = go.Figure()
     hover, xs, ys = [], [], []
     for k, i in enumerate(rows):
-        x, y = k % ncols, -(k // ncols)
+        x, y = pitch_x * (k % ncols), -pitch_y * (k // ncols)
         p1 = float(table["max_prob"][i])
         p2 = p1 - float(table["margin"][i])
         a, b, true = names[table["predicted"][i]], names[table["runner_up"][i]], names[table["label"][i]]
-        fig.add_layout_image(source=thumbnail_uri(images[i], thumb_size), xref="x", yref="y", x=x, y=y + 0.05,
+        fig.add_layout_image(source=thumbnail_uri(images[i], thumb_size), xref="x", yref="y", x=x, y=y,
                              sizex=0.8, sizey=0.8, xanchor="center", yanchor="middle", sizing="contain", layer="above")
-        fig.add_annotation(x=x, y=y - 0.42, showarrow=False, font={"size": 10},
-                           text=f"<b>{a}</b> {p1:.2f} vs <b>{b}</b> {p2:.2f}<br>true: {true} · {column.replace('_', ' ')} "
-                                f"{float(table[column][i]):.2f}")
+        fig.add_annotation(x=x, y=y - 0.43, yanchor="top", showarrow=False, font={"size": 10},
+                           text=f"<b>{a}</b> {p1:.2f} vs <b>{b}</b> {p2:.2f}<br>true: {true}<br>"
+                                f"{column.replace('_', ' ')} {float(table[column][i]):.2f}")
         xs.append(x)
         ys.append(y)
         sid = table["sample_id"][i] if "sample_id" in table else i
         hover.append(f"#{sid} true: {true}<br>{a}: {p1:.3f}<br>{b}: {p2:.3f}<br>{column}: {float(table[column][i]):.3f}")
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="samples", customdata=rows, text=hover,
                              hoverinfo="text", marker={"size": thumb_size * 0.6, "opacity": 0}, showlegend=False))
-    fig.update_xaxes(visible=False, range=[-0.5, ncols - 0.5])
-    fig.update_yaxes(visible=False, range=[-(nrows - 1) - 0.6, 0.5], scaleanchor="x")
-    cell = thumb_size + 70
+    x_range = [-pitch_x / 2, pitch_x * (ncols - 0.5)]
+    y_range = [-pitch_y * (nrows - 1) - 0.43 - 45 / unit, 0.45]
+    fig.update_xaxes(visible=False, range=x_range)
+    fig.update_yaxes(visible=False, range=y_range, scaleanchor="x")
     fig.update_layout(title=title or f"The {len(rows)} most ambiguous samples (by {column.replace('_', ' ')})",
-                      template="plotly_white", width=max(ncols * (cell + 40), 500) + 40, height=nrows * cell + 120,
+                      template="plotly_white", width=max(round((x_range[1] - x_range[0]) * unit) + 40, 500),
+                      height=round((y_range[1] - y_range[0]) * unit) + 80,
                       margin={"l": 20, "r": 20, "t": 60, "b": 20})
     return fig
 
