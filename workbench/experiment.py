@@ -283,3 +283,28 @@ def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, 
     metrics = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
     write_json(run_path / "metrics.json", metrics)
     return metrics
+
+
+def run_or_load(config: ExperimentConfig, run_dir: str | os.PathLike) -> tuple[dict, str]:
+    """``(metrics, "loaded" | "trained")``: the finished run of ``config`` in ``run_dir``, or train it there.
+
+    An interrupted run of the same config resumes from its checkpoint; a directory holding a run of
+    another config (the device aside, which does not change what a run is) raises ``ValueError``
+    naming the settings that differ.
+    """
+    import json
+
+    from .pipeline import flatten
+    from .runs import read_json
+
+    path = Path(run_dir)
+    if (path / "config.json").is_file():
+        stored = flatten(read_json(path / "config.json"))
+        wanted = flatten(json.loads(json.dumps(dataclasses.asdict(config))))
+        differ = sorted(k for k in stored.keys() & wanted.keys() if stored[k] != wanted[k] and k != "device")
+        if differ:
+            raise ValueError(f"{path} holds a run of another config ({', '.join(differ)} differ); "
+                             "choose another run_dir or remove it")
+    if (path / "metrics.json").is_file():
+        return read_json(path / "metrics.json"), "loaded"
+    return run_experiment(config, path, resume=(path / "config.json").is_file()), "trained"
