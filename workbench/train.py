@@ -311,15 +311,17 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 with autocast(device):
                     terms = step_loss(indices)
                 loss = sum(v for k, v in terms.items() if k.endswith("_loss"))
-                finite = torch.isfinite(loss.detach())
+                # One device-to-host copy per step carries the loss, every term and the finite check;
+                # converting each term separately would wait on the GPU once per term.
+                logged = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
+                finite = torch.isfinite(logged[:1]).float()
                 if world_size > 1:  # every process must stop together, or the others wait forever
-                    finite = finite.float()
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                    finite = bool(finite)
-                if not finite:
+                values = torch.cat([finite, logged]).tolist()
+                if not values[0]:
                     raise FloatingPointError(
                         f"non-finite loss at epoch {epoch}, step {step}: "
-                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()))
+                        + ", ".join(f"{k}={v:.4g}" for k, v in zip(terms, values[2:])))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if world_size > 1:
@@ -329,7 +331,7 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 optimizer.step()
                 scheduler.step()
                 record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
-                          "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+                          "loss": values[1], **dict(zip(terms, values[2:]))}
                 history.append(record)
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
