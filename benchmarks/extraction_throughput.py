@@ -21,7 +21,6 @@ are library default / row.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 import statistics
@@ -34,6 +33,8 @@ from torch.utils.data import Dataset
 
 from workbench import data, evaluation, models, world
 from workbench.train import encode_images
+
+import harness
 
 LIBRARY_BATCH = inspect.signature(encode_images).parameters["batch_size"].default
 LOADER_BATCH = inspect.signature(evaluation.zero_shot_manifest).parameters["batch_size"].default
@@ -116,17 +117,11 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _sizes(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--images", type=int, default=2048, help="images per measurement (default 2048)")
     parser.add_argument("--batch-one-images", type=int, default=256, help="images for the batch-1 row (default 256)")
-    parser.add_argument("--batch-sizes", type=_sizes, default=[64],
+    parser.add_argument("--batch-sizes", type=harness.int_list, default=[64],
                         help=f"other encode_images batch sizes to time, comma-separated (default 64; the "
                              f"library default {LIBRARY_BATCH} is always timed)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats, median reported (default 3)")
@@ -137,9 +132,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    results = run(parse_args(argv))
-    print(report(results))
-    return results
+    return harness.main(parse_args, run, report, argv)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ first run <= 15 min including installation (installation is timed by benchmarks/
 cached rerun <= 3 min, teacher zero-shot HM >= 0.80 and >= 15 points above the student's.
 """
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
 from workbench.pipeline import NOTEBOOK_DIR, run_notebook
+
+import harness
 
 
 def timed_run(run_dir: Path, cache_dir: Path, smoke: bool) -> tuple[float, dict]:
@@ -24,7 +25,7 @@ def timed_run(run_dir: Path, cache_dir: Path, smoke: bool) -> tuple[float, dict]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Teacher cache: distillation epoch time with cached teacher features vs the teacher run every step.
 
-    .venv/bin/python benchmarks/teacher_cache.py [--images 1920] [--epochs 2] [--repeats 3]
+Usage: .venv/bin/python benchmarks/teacher_cache.py [--images 1920] [--epochs 2] [--repeats 3]
 
 Embedded teacher (4-layer ViT) and student (2-layer ViT), logit KD over 15 classes, batch 64, 32×32
 images. "cached": teacher features extracted once (timed separately) into a memory-mapped ``.npy``
@@ -12,7 +12,6 @@ and how fast it loads (memory map + one full read).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import tempfile
@@ -27,6 +26,8 @@ from workbench import models, recipes
 from workbench.cache import cached_image_features, load_features
 from workbench.train import OptimConfig, select_device
 
+import harness
+
 
 def epoch_seconds(student, images, targets, vectors, mode, epochs, device) -> float:
     config = recipes.DistillConfig(teacher_mode=mode, optim=OptimConfig(epochs=epochs, batch_size=64))
@@ -37,13 +38,16 @@ def epoch_seconds(student, images, targets, vectors, mode, epochs, device) -> fl
     return (time.perf_counter() - start) / epochs
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None):
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--images", type=int, default=1920)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run(args) -> dict:
     device = select_device(args.device)
     torch.manual_seed(0)
     teacher = models.create_embedded_model("embedded-vit-teacher")[0].to(device).eval()
@@ -69,15 +73,22 @@ def main(argv=None) -> dict:
             timings["cached"].append(epoch_seconds(student, images, cached_targets, vectors, "cached", args.epochs, device))
             timings["live"].append(epoch_seconds(student, images, live_targets, vectors, "live", args.epochs, device))
     cached, live = statistics.median(timings["cached"]), statistics.median(timings["live"])
-    result = {"device": str(device), "images": args.images, "cached_epoch_s": cached, "live_epoch_s": live,
-              "ratio_live_over_cached": live / cached, "extract_s": extract_s, "cache_hit_s": hit_s,
-              "cache_mb": size_mb, "full_load_s": load_s, "checksum": float(full)}
-    print(f"| setting | s / epoch ({args.images} images, batch 64) |\n|---|---:|")
-    print(f"| teacher live every step | {live:.3f} |\n| cached teacher features | {cached:.3f} |")
-    print(f"| **ratio live / cached** | **{live / cached:.2f}** |")
-    print(f"one-off extraction {extract_s:.2f} s; cache hit (fingerprints + memory map) {hit_s:.3f} s; "
-          f"file {size_mb:.2f} MiB, full read {load_s * 1000:.1f} ms")
-    return result
+    return {"device": str(device), "images": args.images, "cached_epoch_s": cached, "live_epoch_s": live,
+            "ratio_live_over_cached": live / cached, "extract_s": extract_s, "cache_hit_s": hit_s,
+            "cache_mb": size_mb, "full_load_s": load_s, "checksum": float(full)}
+
+
+def report(r: dict) -> str:
+    return "\n".join([
+        f"| setting | s / epoch ({r['images']} images, batch 64) |", "|---|---:|",
+        f"| teacher live every step | {r['live_epoch_s']:.3f} |", f"| cached teacher features | {r['cached_epoch_s']:.3f} |",
+        f"| **ratio live / cached** | **{r['ratio_live_over_cached']:.2f}** |",
+        f"one-off extraction {r['extract_s']:.2f} s; cache hit (fingerprints + memory map) {r['cache_hit_s']:.3f} s; "
+        f"file {r['cache_mb']:.2f} MiB, full read {r['full_load_s'] * 1000:.1f} ms"])
+
+
+def main(argv=None) -> dict:
+    return harness.main(parse_args, run, report, argv)
 
 
 if __name__ == "__main__":

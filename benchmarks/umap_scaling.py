@@ -15,7 +15,6 @@ The 50k size takes several minutes on the 2-core reference machine; ``--sizes 50
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from workbench import viz
+
+import harness
 
 GOAL_SECONDS, GOAL_POINTS, GOAL_HTML_MB = 60.0, 50_000, 10.0
 
@@ -106,15 +107,9 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _sizes(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--sizes", type=_sizes, default=[2000, 10000, 50000],
+    parser = harness.argument_parser(__doc__)
+    parser.add_argument("--sizes", type=harness.int_list, default=[2000, 10000, 50000],
                         help="image-point counts, comma-separated (default 2000,10000,50000)")
     parser.add_argument("--classes", type=int, default=30, help="classes = class vectors (default 30)")
     parser.add_argument("--dim", type=int, default=384, help="feature width (default 384, the embedded models')")
@@ -125,9 +120,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    results = run(parse_args(argv))
-    print(report(results))
-    return results
+    return harness.main(parse_args, run, report, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ other jobs share the cores. ``--classes 50 --loop-prompts 500`` runs in under a 
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 import torch
 
 from workbench import models
+
+import harness
 
 # 8 frames x 10 modifiers = 80 templates, each with "{}" exactly once, of varied length like CLIP's.
 FRAMES = ("a photo of a {m}{{}}.", "a blurry photo of the {m}{{}}.", "a drawing of a {m}{{}}.",
@@ -116,9 +117,7 @@ def report(r: dict) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--model", default="embedded-vit-teacher", help="embedded model whose text tower is used")
     parser.add_argument("--classes", type=int, default=1000, help="number of synthetic class names (default 1000)")
     parser.add_argument("--templates", type=int, default=80, help="number of templates, 1..80 (default 80)")
@@ -130,9 +129,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    results = run(parse_args(argv))
-    print(report(results))
-    return results
+    return harness.main(parse_args, run, report, argv)
 
 
 if __name__ == "__main__":
