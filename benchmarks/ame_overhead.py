@@ -6,8 +6,8 @@ Standard student size: --model ViT-B-16 --recipe promptkd --teacher-width 768 --
 
 The two settings (AME weight 0 and 50) run alternately (off, on, off, on, ...) so that machine noise
 hits both alike; the median seconds per step of each and their ratio come from the same run. Every
-measurement starts from the same student weights, and a one-step run is subtracted from it so that
-only steps count, not the optimiser's and projections' construction. Open_clip architectures (ViT-B-16 ...) are built
+measurement starts from the same student weights; step time is the median interval between
+optimiser steps, so building the optimiser and AME's projections does not count. Open_clip architectures (ViT-B-16 ...) are built
 with random weights at their own image size — step time does not depend on the weights. The teacher
 is represented by random unit features of --teacher-width (default: the student's width, which
 logit_kd needs; PromptKD's ViT-L/14 teacher has 768), so only the student's step is timed, as with
@@ -17,10 +17,8 @@ the teacher cache. Goals: <= 1.10 for the embedded tiny models, <= 1.05 for a Vi
 
 from __future__ import annotations
 
-import copy
 import os
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -32,28 +30,6 @@ from workbench.train import OptimConfig, select_device
 import harness
 
 AME_ON = 50.0  # the paper's omega
-
-
-def seconds_per_step(student, images, targets, vectors, make_config, epochs: int, device) -> float:
-    """Time of one training step, without ``distill``'s per-call setup.
-
-    A run of one step (the first batch, one epoch) is subtracted from a run of all the steps, so that
-    building the optimiser, the AME projections and the prompts does not count as step time.
-    """
-    def timed(n_images: int, epochs: int) -> tuple[float, int]:
-        model = copy.deepcopy(student)
-        subset = recipes.TeacherTargets(targets.features[:n_images], targets.logit_scale)
-        start = time.perf_counter()
-        steps = len(recipes.distill(model, images[:n_images], subset, vectors, make_config(epochs), device).history)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start, steps
-
-    one_s, _ = timed(make_config(1).optim.batch_size, 1)
-    all_s, steps = timed(len(images), epochs)
-    if steps < 2:
-        raise ValueError("need at least 2 steps per measurement: raise --images or --epochs")
-    return (all_s - one_s) / (steps - 1)
 
 
 def run(args) -> dict:
@@ -70,22 +46,21 @@ def run(args) -> dict:
     vectors = F.normalize(torch.randn(args.classes, teacher_width), dim=-1)
     targets = recipes.TeacherTargets(F.normalize(torch.randn(args.images, teacher_width), dim=-1), 100.0)
 
-    def settings(ame_weight: float):
-        def make_config(epochs: int) -> recipes.DistillConfig:
-            optim = OptimConfig(epochs=epochs, batch_size=args.batch)
-            return recipes.DistillConfig(recipe=args.recipe, ame_weight=ame_weight, optim=optim)
-        return make_config
+    def config(ame_weight: float, epochs: int) -> recipes.DistillConfig:
+        return recipes.DistillConfig(recipe=args.recipe, ame_weight=ame_weight,
+                                     optim=OptimConfig(epochs=epochs, batch_size=args.batch))
 
     # Warm-up (allocator, kernels, lazy imports), then the two settings alternately.
-    seconds_per_step(student, images[:2 * args.batch], targets, vectors, settings(AME_ON), 1, device)
+    harness.distill_step_seconds(student, images[:3 * args.batch], harness.first_targets(targets, 3 * args.batch), vectors,
+                                 config(AME_ON, 1), device)
     off, on = [], []
     for _ in range(args.repeats):
-        off.append(seconds_per_step(student, images, targets, vectors, settings(0.0), args.epochs, device))
-        on.append(seconds_per_step(student, images, targets, vectors, settings(AME_ON), args.epochs, device))
+        off.append(harness.distill_step_seconds(student, images, targets, vectors, config(0.0, args.epochs), device))
+        on.append(harness.distill_step_seconds(student, images, targets, vectors, config(AME_ON, args.epochs), device))
     t_off, t_on = statistics.median(off), statistics.median(on)
     return {"device": str(device), "model": args.model, "recipe": args.recipe, "image_size": size,
             "batch": args.batch, "classes": args.classes, "teacher_width": teacher_width,
-            "steps_per_measurement": args.epochs * -(-args.images // args.batch) + 1, "repeats": args.repeats,
+            "steps_per_measurement": args.epochs * -(-args.images // args.batch), "repeats": args.repeats,
             "torch_threads": torch.get_num_threads(), "off_s": off, "on_s": on,
             "off_step_s": t_off, "on_step_s": t_on, "ratio": t_on / t_off,
             "load_average_1min": os.getloadavg()[0]}

@@ -1,4 +1,4 @@
-"""The command line every benchmark script shares.
+"""What the benchmark scripts share: their command line and the timing of a distillation step.
 
 A benchmark module defines ``run(args) -> dict`` (the figures, also returned to tests) and
 ``report(results) -> str`` (the Markdown printed for RESULTS.md); :func:`main` ties them to a parser
@@ -8,7 +8,15 @@ whose help shows the module docstring.
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
+import time
 from typing import Callable
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from workbench import recipes
 
 
 def argument_parser(doc: str) -> argparse.ArgumentParser:
@@ -30,3 +38,33 @@ def main(parse_args: Callable, run: Callable[..., dict], report: Callable[[dict]
     results = run(parse_args(argv))
     print(report(results))
     return results
+
+
+def first_targets(targets: recipes.TeacherTargets, n: int) -> recipes.TeacherTargets:
+    """The teacher targets of the first ``n`` images (a warm-up on a prefix of the data)."""
+    features = None if targets.features is None else targets.features[:n]
+    return recipes.TeacherTargets(features, targets.logit_scale, targets.model)
+
+
+def distill_step_seconds(student, images, targets, vectors, config: recipes.DistillConfig, device) -> float:
+    """Median time between consecutive optimiser steps of one ``distill`` run on a copy of ``student``.
+
+    Timestamps come from a global optimiser step hook, so ``distill``'s setup (optimiser, AME
+    projections, prompts) and the first step's one-off costs do not count, and the median ignores
+    the epoch boundaries.
+    """
+    stamps = []
+
+    def stamp(*_):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    handle = register_optimizer_step_post_hook(stamp)
+    try:
+        recipes.distill(copy.deepcopy(student), images, targets, vectors, config, device)
+    finally:
+        handle.remove()
+    if len(stamps) < 3:
+        raise ValueError(f"need at least 3 steps per measurement, got {len(stamps)}: raise --images or --epochs")
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))

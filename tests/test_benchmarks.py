@@ -58,14 +58,14 @@ def test_ame_overhead_reports_both_settings_and_their_ratio(recipe, capsys):
     results = _load("ame_overhead").main(["--recipe", recipe, "--images", "24", "--batch", "8", "--epochs", "1",
                                           "--repeats", "2", "--classes", "3", "--device", "cpu"])
     assert len(results["off_s"]) == len(results["on_s"]) == 2
-    assert results["steps_per_measurement"] == 4  # 3 steps + the subtracted one-step run
+    assert results["steps_per_measurement"] == 3
     assert results["ratio"] == pytest.approx(results["on_step_s"] / results["off_step_s"])
     assert f"| embedded-vit-student | {recipe} |" in capsys.readouterr().out
 
 
-def test_ame_overhead_refuses_a_single_step_measurement():
-    with pytest.raises(ValueError, match="at least 2 steps"):
-        _load("ame_overhead").main(["--images", "8", "--batch", "8", "--epochs", "1", "--repeats", "1",
+def test_ame_overhead_refuses_measurements_of_fewer_than_three_steps():
+    with pytest.raises(ValueError, match="at least 3 steps per measurement, got 2"):
+        _load("ame_overhead").main(["--images", "16", "--batch", "8", "--epochs", "1", "--repeats", "1",
                                     "--device", "cpu"])
 
 
@@ -81,3 +81,21 @@ def test_int_list_names_the_bad_value():
     assert harness.int_list("64, 128,") == [64, 128]
     with pytest.raises(Exception, match="comma-separated integers, got 'a,b'"):
         harness.int_list("a,b")
+
+
+def test_prompt_distillation_throughput_reports_every_arm(capsys):
+    results = _load("prompt_distillation_throughput").main(
+        ["--student", "embedded-vit-student", "--teacher", "embedded-vit-teacher", "--images", "24", "--batch", "8",
+         "--repeats", "1", "--classes", "3", "--device", "cpu"])
+    arms = {(r["teacher"], r["ame_weight"]) for r in results["rows"]}
+    assert arms == {("cached", 0.0), ("cached", 50.0), ("live", 0.0), ("live", 50.0)}
+    assert all(r["images_per_s"] > 0 and r["peak_gib"] is None for r in results["rows"])  # no GPU memory on CPU
+    assert results["teacher_extraction_images_per_s"] > 0
+    assert "| live | 50 |" in capsys.readouterr().out
+
+
+def test_prompt_distillation_throughput_rejects_models_of_different_resolution():
+    with pytest.raises(ValueError, match="224 px images, student embedded-vit-student 32 px"):
+        _load("prompt_distillation_throughput").main(
+            ["--student", "embedded-vit-student", "--teacher", "ViT-S-32", "--images", "16", "--batch", "8",
+             "--device", "cpu"])
