@@ -62,6 +62,15 @@ def publish(path: Path) -> None:
         shutil.copyfile(path, folder / path.name)
 
 
+def screenshot(element, page, artifacts: Path, name: str) -> None:
+    """Scroll ``element`` into view, let it settle, save it as ``<artifacts>/<name>`` and publish it."""
+    element.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    shot = artifacts / name
+    element.screenshot(path=str(shot))
+    publish(shot)
+
+
 # ----------------------------------------------------------------------------- the server
 @dataclass
 class Lab:
@@ -286,11 +295,7 @@ def test_explorer_renders_and_follows_the_colour_by_control(page, lab, artifacts
         has=page.locator(".gtitle", has_text=re.compile(r"KD\s+vs\s+KD\s+\+\s+AME")))
     expect(comparison.first).to_be_visible()
 
-    explorer.scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    shot = artifacts / "explorer.png"
-    explorer.screenshot(path=str(shot))
-    publish(shot)
+    screenshot(explorer, page, artifacts, "explorer.png")
     print(f"\n{EXPLORER} ran in JupyterLab in {seconds:.0f} s")
 
 
@@ -310,10 +315,6 @@ def test_ambiguity_gallery_renders(page, lab, artifacts):
         has=page.locator(".gtitle", has_text=re.compile(r"most\s+ambiguous"))).first
     expect(gallery).to_be_visible(timeout=60_000)
     expect(gallery.locator("image")).to_have_count(12, timeout=30_000)  # the thumbnails
-    gallery.scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    shot = artifacts / "ambiguity_gallery.png"
-    gallery.screenshot(path=str(shot))
-    publish(shot)
+    screenshot(gallery, page, artifacts, "ambiguity_gallery.png")
     print(f"\n{ENTROPY} ran in JupyterLab in {seconds:.0f} s")
 
