@@ -365,3 +365,212 @@ def test_sigkilled_sweep_resumes_without_redoing_finished_runs(tmp_path):
     index = read_csv(tmp_path / "out" / "index.csv")
     assert sorted(r["run_id"] for r in index) == sorted(r.run_id for r in spec.runs())
     assert all(r["status"] == "done" for r in index)
+
+
+# ----------------------------------------------------------------------------- cluster submission (submitit)
+@pytest.fixture(scope="module")
+def submitted(tiny, tmp_path_factory):
+    """Three runs submitted through submitit's local executor (one fails), then resubmitted twice."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("submitted")
+    flag, counter = root / "fail.flag", root / "counter.txt"
+    data = spec_data(tiny, root / "out", parameters={"fail_flag": str(flag), "counter": str(counter)},
+                     exclude=[{"w": 5, "seed": 0}], cluster={"timeout_min": 10, "partition": None})
+    spec = PipelineSpec.from_dict(data, origin="tiny.yaml")
+    seen = {"spec": spec, "output": root / "out", "ids": [r.run_id for r in spec.runs()]}
+    lines = lambda: counter.read_text().splitlines() if counter.exists() else []  # noqa: E731
+    flag.write_text("fail")
+    seen["first"] = pipeline.submit_pipeline(spec, executor="submitit-local", wait=True, version="v1", progress=False)
+    seen["first_lines"] = sorted(lines())
+    seen["first_states"] = [p.state for p in plan(spec, version="v1")]
+    seen["first_status"] = {rid: json.loads((root / "out" / rid / "status.json").read_text()) for rid in seen["ids"]}
+    seen["first_jobs"] = {rid: json.loads((root / "out" / rid / "job.json").read_text()) for rid in seen["ids"]}
+    seen["first_files"] = {rid: sorted(p.name for p in (root / "out" / rid).iterdir()) for rid in seen["ids"]}
+    flag.unlink()
+    # The same spec executed by the local executor, for comparison.
+    local = PipelineSpec.from_dict({**data, "output": str(root / "local")}, origin="tiny.yaml")
+    seen["local"] = run_pipeline(local, only_index=0, version="v1", progress=False)
+    seen["local_dir"] = root / "local" / seen["ids"][0]
+
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = len(lines())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as patch:  # through the command line
+        patch.setattr(pipeline, "code_version", lambda notebook, digest=None: "v1")  # as version="v1" does
+        seen["second_exit"] = main(["pipeline", "run", str(path), "--executor", "submitit-local", "--quiet"])
+    seen["second_out"] = out.getvalue()
+    seen["second_lines"] = lines()[before:]
+    seen["second_status"] = json.loads((root / "out" / "w=5__seed=1" / "status.json").read_text())
+    seen["second_job"] = json.loads((root / "out" / "w=5__seed=1" / "job.json").read_text())
+    seen["third"] = pipeline.submit_pipeline(load_spec(path), executor="submitit-local", wait=True,
+                                             progress=False, version="v1")
+    seen["final_states"] = [p.state for p in plan(spec, version="v1")]
+    return seen
+
+
+def test_submitit_local_array_leaves_what_a_local_run_leaves(submitted, tmp_path):
+    first, ids, output = submitted["first"], submitted["ids"], submitted["output"]
+    assert ids == ["w=0__seed=0", "w=0__seed=1", "w=5__seed=1"]
+    assert sorted(first.jobs) == ids and len(set(first.jobs.values())) == 3  # one job per run
+    assert sorted(first.executed) == ids and first.failed == ["w=5__seed=1"]
+    assert "submitted 3 as submitit-local jobs; ran 3: 2 done, 1 failed" in first.summary()
+    assert submitted["first_lines"] == ["0,0", "0,1", "5,1"]  # every run executed once, in its own job
+    local_dir = submitted["local_dir"]
+    local_status = json.loads((local_dir / "status.json").read_text())
+    for rid in ids[:2]:
+        status = submitted["first_status"][rid]
+        assert submitted["first_files"][rid] == sorted({p.name for p in local_dir.iterdir()} | {"job.json"})
+        assert set(status) == set(local_status) | {"job"} and status["status"] == "done"
+        assert status["code_version"] == "v1" and status["runner"] == "papermill"
+        assert status["job"] == {"executor": "submitit-local", "job_id": first.jobs[rid], "host": status["host"]}
+        job = submitted["first_jobs"][rid]
+        assert job["job_id"] == first.jobs[rid] and job["executor"] == "submitit-local"
+        assert os.path.dirname(job["stdout"]).startswith(str(output / "submitit")) and os.path.isfile(job["stdout"])
+    reference = json.loads((local_dir / "metrics.json").read_text())
+    metrics = json.loads((output / ids[0] / "metrics.json").read_text())
+    assert {k: v for k, v in metrics.items() if k != "cuda"} == {k: v for k, v in reference.items() if k != "cuda"}
+    assert submitted["first_status"][ids[0]]["parameters"] == local_status["parameters"]
+    # index and report read the output as they read a local one
+    rows = read_csv(write_index(output))
+    assert [r["run_id"] for r in rows] == ids and [r["status"] for r in rows] == ["done"] * 3
+    assert [r["metrics/score"] for r in rows] == ["0", "1", "11"]
+    report = build_report(output, report_dir=tmp_path / "report")
+    assert report["counts"] == {"done": 3} and report["html"].is_file()
+    assert json.loads((output / "pipeline.json").read_text())["cluster"]["timeout_min"] == 10
+
+
+def test_submitit_resubmits_only_the_failed_run(submitted):
+    first, ids = submitted["first"], submitted["ids"]
+    failed = submitted["first_status"]["w=5__seed=1"]
+    assert failed["status"] == "failed" and failed["error"].startswith("RuntimeError: deliberate failure")
+    assert "deliberate failure" in failed["traceback"] and failed["job"]["job_id"] == first.jobs["w=5__seed=1"]
+    assert submitted["first_states"] == ["done", "done", "failed"]
+    # the second submission (command line) resubmits that run alone, as a new job
+    assert submitted["second_exit"] == 0 and submitted["second_lines"] == ["5,1"]
+    out = submitted["second_out"]
+    assert "3 runs selected; 2 already done (skipped); submitted 1 as submitit-local jobs; ran 1: 1 done" in out
+    assert submitted["second_job"]["job_id"] not in first.jobs.values()
+    status = submitted["second_status"]
+    assert status["status"] == "done" and status["job"]["job_id"] == submitted["second_job"]["job_id"]
+    assert len(status["previous_errors"]) == 1 and "deliberate failure" in status["previous_errors"][0]
+    third = submitted["third"]
+    assert third.jobs == {} and third.executed == {} and third.count("done") == 3
+    assert submitted["final_states"] == ["done"] * 3
+
+
+@pytest.mark.parametrize("cluster, message", [
+    ("1 GPU", "cluster: expected a mapping"),
+    ({"gpus": 1}, r"cluster: unknown fields \['gpus'\]"),
+    ({"gpus_per_node": True}, "cluster.gpus_per_node: expected an integer >= 0"),
+    ({"timeout_min": 0}, "cluster.timeout_min: expected an integer >= 1"),
+    ({"mem_gb": "16G"}, "cluster.mem_gb: expected a number of GB > 0"),
+    ({"mem_gb": 0}, "cluster.mem_gb: expected a number of GB > 0"),
+    ({"partition": ""}, "cluster.partition: expected a partition name or null"),
+    ({"array_parallelism": 0}, "cluster.array_parallelism: expected an integer >= 1"),
+    ({"extra": ["account=x"]}, "cluster.extra: expected a mapping"),
+    ({"extra": {"time": 60}}, "cluster.extra.time: give it as cluster.timeout_min"),
+    ({"extra": {"ntasks_per_node": 2}}, "cluster.extra.ntasks_per_node: set by the pipeline itself"),
+    ({"extra": {"acount": "lab"}}, "cluster.extra.acount: not a submitit slurm parameter"),
+])
+def test_submitit_bad_cluster_settings_name_the_field(tiny, tmp_path, cluster, message):
+    with pytest.raises(SpecError, match=f"^tiny.yaml: {message}"):
+        make_spec(tiny, tmp_path / "out", cluster=cluster)
+    assert not (tmp_path / "out").exists()
+
+
+def test_submitit_submission_refused_before_anything_is_written(tiny, tmp_path, monkeypatch):
+    spec = make_spec(tiny, tmp_path / "out", cluster={"gpus_per_node": 1, "extra": {"account": "lab"}})
+    assert spec.cluster.submitit_parameters("tiny")["slurm_account"] == "lab"
+    overridden = r"^tiny.yaml \(with cluster overrides \['timeout_min'\]\): cluster.timeout_min"
+    with pytest.raises(SpecError, match=overridden):
+        pipeline.submit_pipeline(spec, executor="submitit-local", cluster={"timeout_min": -1})
+    with pytest.raises(ValueError, match="executor must be one of"):
+        pipeline.submit_pipeline(spec, executor="pbs")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec_data(tiny, tmp_path / "out"), sort_keys=False))
+    with pytest.raises(SystemExit, match="cluster.gpus_per_node: expected an integer"):
+        main(["pipeline", "run", str(path), "--executor", "submitit-local", "--cluster", "gpus_per_node=two"])
+    with pytest.raises(SystemExit, match="--workers and --devices are for --executor local"):
+        main(["pipeline", "run", str(path), "--executor", "slurm", "--workers", "2"])
+    if shutil.which("srun") is None:  # no slurm here: submitit says so
+        with pytest.raises(SystemExit, match="srun"):
+            main(["pipeline", "run", str(path), "--executor", "slurm"])
+    monkeypatch.setitem(__import__("sys").modules, "submitit", None)
+    with pytest.raises(ImportError, match=r"needs the submitit package \(pip install 'submitit>=1.5'"):
+        pipeline.submit_pipeline(spec, executor="slurm")
+    assert not (tmp_path / "out").exists()
+
+
+def test_submitit_queued_runs_count_as_running_while_their_job_lives(tiny, tmp_path):
+    import platform
+    import subprocess
+    import sys
+
+    spec = make_spec(tiny, tmp_path / "out")
+    run_dir = tmp_path / "out" / IDS[0]
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"status": "queued", "run_id": IDS[0]}))
+    run = spec.runs()[0]
+    assert pipeline.run_state(run, spec.output, "v1") == ("incomplete", "status 'queued' (interrupted)")
+    (run_dir / "job.json").write_text(json.dumps({"executor": "submitit-local", "job_id": str(os.getpid()),
+                                                  "host": platform.node()}))
+    assert pipeline.run_state(run, spec.output, "v1")[0] == "running"
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run_dir / "job.json").write_text(json.dumps({"executor": "submitit-local", "job_id": finished.stdout.strip(),
+                                                  "host": platform.node()}))
+    assert pipeline.run_state(run, spec.output, "v1")[0] == "incomplete"
+    (run_dir / "job.json").write_text(json.dumps({"executor": "slurm", "job_id": "123_4"}))
+    assert pipeline.run_state(run, spec.output, "v1", {"123_4": "PENDING"}) == ("running", "job 123_4 PENDING")
+    state, detail = pipeline.run_state(run, spec.output, "v1", {"123_4": "CANCELLED by 0"})
+    assert state == "incomplete" and "job 123_4 CANCELLED by 0" in detail
+    assert pipeline.run_state(run, spec.output, "v1")[0] == "incomplete"  # unknown to the scheduler: ended
+    assert pipeline._submitted_jobs(spec.runs(), spec.output) == ["123_4"]
+
+
+def test_submitit_slurm_array_gets_the_spec_resources_and_resubmits_lost_runs(tiny, tmp_path, monkeypatch, capsys):
+    """The slurm path against stand-ins for srun, sbatch and sacct: nothing is executed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {"srun": "exit 0",
+               "sbatch": f'cp "$1" {tmp_path}/sbatch.$(ls {tmp_path} | grep -c sbatch).sh\n'
+                         'echo "Submitted batch job 4242"',
+               "sacct": f"cat {tmp_path}/sacct.txt"}
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "sacct.txt").write_text("JobID|State|NodeList\n4242_0|PENDING|\n4242_1|RUNNING|n1\n"
+                                        "4242_2|CANCELLED by 0|n1\n")
+    data = spec_data(tiny, tmp_path / "out", exclude=[{"w": 5, "seed": 0}],
+                     cluster={"gpus_per_node": 1, "timeout_min": 720, "partition": "gpu", "extra": {"account": "lab"}})
+    spec = PipelineSpec.from_dict(data, origin="tiny.yaml")
+    ids = [r.run_id for r in spec.runs()]
+    result = pipeline.submit_pipeline(spec, executor="slurm", version="v1", progress=False)
+    assert result.jobs == {rid: f"4242_{i}" for i, rid in enumerate(ids)} and result.executed == {}
+    assert result.summary() == "3 runs selected; 0 already done (skipped); submitted 3 as slurm jobs"
+    sbatch = (tmp_path / "sbatch.0.sh").read_text()
+    for line in ("--array=0-2%3", "--gpus-per-node=1", "--time=720", "--partition=gpu", "--account=lab",
+                 "--job-name=tiny", "--ntasks-per-node=1", f"--output={tmp_path / 'out' / 'submitit'}/%A_%a/"):
+        assert f"#SBATCH {line}" in sbatch
+    for i, rid in enumerate(ids):
+        assert json.loads((tmp_path / "out" / rid / "status.json").read_text())["status"] == "queued"
+        assert json.loads((tmp_path / "out" / rid / "job.json").read_text())["job_id"] == f"4242_{i}"
+    states = plan(spec, version="v1")
+    assert [(p.state, p.detail) for p in states[:2]] == [("running", "job 4242_0 PENDING"),
+                                                         ("running", "job 4242_1 RUNNING")]
+    assert states[2].state == "incomplete" and "job 4242_2 CANCELLED by 0" in states[2].detail
+    # submitting again (command line, no --wait) resubmits the cancelled run alone and says how to follow it
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setattr(pipeline, "code_version", lambda notebook, digest=None: "v1")
+    capsys.readouterr()
+    assert main(["pipeline", "run", str(path), "--executor", "slurm", "--cluster", "timeout_min=30"]) == 0
+    out = capsys.readouterr().out
+    assert f"job 4242: {ids[2]}" in out and "submitted 1 as slurm jobs" in out and "ran" not in out
+    assert f"check: python -m workbench pipeline plan {path}" in out and "2 running" in out
+    assert "#SBATCH --time=30" in (tmp_path / "sbatch.1.sh").read_text()
+    status = json.loads((tmp_path / "out" / ids[2] / "status.json").read_text())
+    assert status["status"] == "queued" and status["previous_errors"] == ["status 'queued'"]

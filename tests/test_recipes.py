@@ -134,7 +134,7 @@ def test_class_agnostic_kdpl_distils_over_the_teachers_top_k(student_and_tokeniz
 def test_recipes_without_projector_refuse_mismatched_widths(student_and_tokenizer):
     images, labels = _world_like(8)
     wide = _vectors(width=512)
-    with pytest.raises(ValueError, match="student embeddings have width 384 but the class vectors 512"):
+    with pytest.raises(ValueError, match="student embeddings have width 384 but the class vectors it is scored against 512"):
         recipes.distill(student_and_tokenizer[0], images, _teacher(labels, wide), wide, recipes.DistillConfig(),
                         torch.device("cpu"))
     with pytest.raises(ValueError, match="recipe 'dho' needs labels"):

@@ -83,15 +83,57 @@ def _load(args: argparse.Namespace):
 
 def pipeline_run(args: argparse.Namespace) -> int:
     """Execute the missing, failed and interrupted runs of a spec; exit status 1 if one of them failed."""
-    from .pipeline import run_pipeline
+    from .pipeline import run_pipeline, submit_pipeline
 
     spec = _load(args)
+    if args.executor != "local":
+        return _pipeline_submit(args, spec, submit_pipeline)
+    if args.cluster or args.wait:
+        raise SystemExit("error: --cluster and --wait go with --executor slurm or submitit-local")
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
     try:
         result = run_pipeline(spec, workers=args.workers, shard=args.shard, only_index=args.only_index,
                               rerun_stale=args.rerun_stale, devices=devices, progress=not args.quiet)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    return _print_result(result, spec)
+
+
+def _pipeline_submit(args: argparse.Namespace, spec, submit_pipeline) -> int:
+    """``pipeline run --executor slurm|submitit-local``: submit the runs as a job array through submitit."""
+    if args.workers != 1 or args.devices:
+        raise SystemExit(f"error: --workers and --devices are for --executor local; with {args.executor} every "
+                         "run is its own job (set its GPUs in the spec's cluster: block or with --cluster)")
+    wait = args.wait or args.executor == "submitit-local"
+    try:
+        result = submit_pipeline(spec, executor=args.executor, cluster=_overrides(args.cluster), wait=wait,
+                                 shard=args.shard, only_index=args.only_index, rerun_stale=args.rerun_stale,
+                                 progress=not args.quiet)
+    except (ValueError, ImportError, RuntimeError) as err:  # SpecError is a ValueError
+        raise SystemExit(f"error: {err}") from None
+    if wait:
+        return _print_result(result, spec)
+    for planned in result.planned:
+        if planned.state in ("stale", "conflict", "running") and planned.run.run_id not in result.jobs:
+            print(f"{planned.state}: {planned.run.run_id}: {planned.detail}")
+    for run_id, job_id in result.jobs.items():
+        print(f"job {job_id}: {run_id}")
+    print(result.summary())
+    if result.jobs:
+        import shlex
+
+        from .pipeline import SUBMITIT_DIR
+
+        same = "".join(f" --set {shlex.quote(s)}" for s in args.set) + (
+            f" --output {shlex.quote(args.output)}" if args.output else "")
+        print(f"job logs: {spec.output / SUBMITIT_DIR}; each run directory's job.json names its job")
+        print(f"check: python -m workbench pipeline plan {shlex.quote(args.spec)}{same}  (queued and running jobs "
+              "show as running); run this command again to resubmit the runs that failed or were lost; "
+              f"when all are done: python -m workbench pipeline index {shlex.quote(str(spec.output))}")
+    return 0
+
+
+def _print_result(result, spec) -> int:
     for planned in result.planned:
         if planned.state in ("stale", "conflict", "running") and planned.run.run_id not in result.executed:
             print(f"{planned.state}: {planned.run.run_id}: {planned.detail}")
@@ -194,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 PIPELINE_HELP = """Scale-out: the runs of a spec are independent and every run keeps its results in its own
 directory, so processes executing disjoint runs may share one output directory. One machine, several GPUs:
 --devices 0,1,2,3 (one worker per GPU, each sees one through CUDA_VISIBLE_DEVICES). Several
-machines: --shard i/n on machine i (runs with index % n == i). A cluster array job: `pipeline plan`
-gives the number of runs N; submit indices 0..N-1 with --only-index $SLURM_ARRAY_TASK_ID. Afterwards
+machines: --shard i/n on machine i (runs with index % n == i). A slurm cluster: --executor slurm submits
+the runs that are not done as one job array through submitit (one run per task; GPUs, time, partition from
+the spec's cluster: block or --cluster NAME=VALUE); run it again to resubmit what failed. Afterwards
 `pipeline index DIR` and `pipeline report DIR` rebuild the table and the report from the run directories."""
 
 
@@ -221,6 +264,14 @@ def _add_pipeline(commands) -> None:
             p.add_argument("--rerun-stale", action="store_true",
                            help="rerun finished runs whose parameters or code changed (old ones move to .stale/)")
             p.add_argument("--quiet", action="store_true", help="no progress bar")
+            p.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local",
+                           help="local (default): execute here; slurm: submit a job array through submitit; "
+                                "submitit-local: the same through submitit's local executor (subprocesses, waits)")
+            p.add_argument("--cluster", action="append", default=[], metavar="NAME=VALUE",
+                           help="override a field of the spec's cluster: block (gpus_per_node, timeout_min, "
+                                "partition, cpus_per_task, mem_gb, array_parallelism; repeatable)")
+            p.add_argument("--wait", action="store_true",
+                           help="with --executor slurm: wait for the jobs to end, then print the summary")
     ix = sub.add_parser("index", help="rebuild DIR/index.csv (one row per run: parameters, metrics, status)")
     ix.add_argument("dir", help="pipeline output directory")
     ix.set_defaults(func=pipeline_index)

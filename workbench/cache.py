@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .train import autocast, images_to_device, normalize_images
+from .image_sources import as_source, in_order
+from .train import autocast
 
 
 def array_fingerprint(array) -> str:
@@ -50,16 +51,23 @@ def load_features(path: str | os.PathLike) -> torch.Tensor:
 @torch.no_grad()
 def cached_image_features(model: nn.Module, images, cache_dir: str | os.PathLike, batch_size: int = 512,
                           device: torch.device | None = None, dtype=np.float32) -> tuple[torch.Tensor, Path]:
-    """Unit-norm image embeddings of ``images`` (uint8 NHWC) by ``model``, cached under ``cache_dir``.
+    """Unit-norm image embeddings of ``images`` by ``model``, cached under ``cache_dir``.
 
-    Returns the features (memory-mapped when read from the cache) and the cache file's path. The
-    key combines :func:`model_fingerprint` and :func:`array_fingerprint`, so changed weights or
-    pixels never reuse stale features. ``dtype=np.float16`` halves the file for large datasets.
+    ``images`` is a uint8 NHWC array or an un-augmented image source (:mod:`workbench.image_sources`,
+    e.g. a manifest split through the model's eval transform). Returns the features (memory-mapped
+    when read from the cache) and the cache file's path. The key combines :func:`model_fingerprint`
+    and the source's fingerprint (the pixels of an array; split list, chosen images and transform of
+    a manifest), so changed weights or images never reuse stale features. ``dtype=np.float16`` halves
+    the file for large datasets. Rows of images a manifest source skipped as unreadable are NaN.
     """
-    if len(images) == 0:
+    source = as_source(images)
+    if len(source) == 0:
         raise ValueError("no images to encode")
+    if source.augmented:
+        raise ValueError("cached teacher features need un-augmented views; an augmenting recipe runs the "
+                         "teacher live (teacher_mode: live)")
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"features-{model_fingerprint(model)}-{array_fingerprint(images)}.npy"
+    path = cache_dir / f"features-{model_fingerprint(model)}-{source.fingerprint()}.npy"
     if path.is_file():
         return load_features(path), path
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -70,13 +78,13 @@ def cached_image_features(model: nn.Module, images, cache_dir: str | os.PathLike
     tmp = path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy")
     out = None
     try:
-        for start in range(0, len(images), batch_size):
-            batch = normalize_images(images_to_device(images[start:start + batch_size], device))
+        for positions, pixels in source.batches(in_order(len(source), batch_size), device):
             with autocast(device):
-                features = model.encode_image(batch, normalize=True).float().cpu().numpy()
+                features = model.encode_image(pixels, normalize=True).float().cpu().numpy()
             if out is None:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(images), features.shape[1]))
-            out[start:start + len(features)] = features
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(source), features.shape[1]))
+                out[:] = np.nan
+            out[positions.cpu().numpy()] = features
         out.flush()
         del out
         os.replace(tmp, path)

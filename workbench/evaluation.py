@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from .protocol import evaluate_base_new
-from .train import encode_images
+import numpy as np
+
+from .train import encode_images, encode_source
 
 
 def evaluate_model(model, images, labels, class_vectors: torch.Tensor, base_classes, new_classes,
@@ -18,20 +20,35 @@ def evaluate_model(model, images, labels, class_vectors: torch.Tensor, base_clas
     return evaluate_base_new(features, labels, class_vectors, base_classes, new_classes)
 
 
+def _logits(model, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+    # A model that scores its own classes (DHO's mixed heads) does so for those classes; any other
+    # class set (a transfer target) is scored zero-shot: logit scale times cosine.
+    heads = getattr(model, "ce_head", None)
+    if hasattr(model, "class_logits") and (heads is None or heads.weight.shape[0] == class_vectors.shape[0]):
+        weight = next(model.parameters())
+        return model.class_logits(features.to(weight.device), class_vectors.to(weight.device)).float().cpu()
+    return model.logit_scale.detach().float().exp().cpu() * features @ class_vectors.float().cpu().T
+
+
 @torch.no_grad()
 def predict(model, images, class_vectors: torch.Tensor, device: torch.device | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit-norm image features ``(N, D)`` and logits over ``class_vectors`` ``(N, C)``, float32 on the CPU.
 
-    Logits are the model's own logit scale times cosine, unless the model scores classes itself
-    (``class_logits(features, class_vectors)``, e.g. DHO's mixed heads).
+    ``images``: a uint8 array or an image source. Logits are the model's own logit scale times
+    cosine, unless the model scores classes itself (``class_logits(features, class_vectors)``, e.g.
+    DHO's mixed heads).
     """
     features = encode_images(model, images, device=device)
-    if hasattr(model, "class_logits"):
-        weight = next(model.parameters())
-        logits = model.class_logits(features.to(weight.device), class_vectors.to(weight.device)).float().cpu()
-        return features, logits
-    return features, model.logit_scale.detach().float().exp().cpu() * features @ class_vectors.float().cpu().T
+    return features, _logits(model, features, class_vectors)
+
+
+@torch.no_grad()
+def predict_source(model, images, class_vectors: torch.Tensor, device: torch.device | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """:func:`predict` plus the positions of the images kept (a manifest source may skip unreadable files)."""
+    features, kept = encode_source(model, images, device=device)
+    return features, _logits(model, features, class_vectors), kept
 
 
 def class_logits(model, images, class_vectors: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:

@@ -1,23 +1,33 @@
-"""One distillation experiment on the embedded world, from a config file to a finished run directory.
+"""One distillation experiment, dataset × model pair × recipe × protocol, from a config to a run directory.
 
 This is what ``python -m workbench train --config run.yaml`` runs. A config is data::
 
-    preset: full            # quickstart preset giving world sizes and teacher/student pretraining
-    shots: 16               # K labelled images per base class (inductive setting)
+    dataset: embedded_world # or a benchmark spec (caltech101 …), a manifest file, imagefolder:<dir>
+    data_root: ""           # the dataset's folder ("" = the spec's root under $WORKBENCH_DATA)
+    model_pair: embedded    # a preset of workbench/presets/model_pairs.yaml (vit-l14_to_vit-b16 …)
+    teacher: null           # or {name: ViT-L-14, pretrained: openai}, local-dir:…, hf-hub:…, a checkpoint
+    protocol: base_to_new   # or cross_dataset / domain_generalization (targets: [...])
+    preset: full            # embedded world: world sizes and teacher/student pretraining
+    shots: 16               # K labelled images per training class (inductive setting)
     seed: 0
     setting: inductive      # or transductive: unlabeled training images of all classes
-    cache_dir: runs/cache   # world and pretrained models, shared between runs
+    cache_dir: runs/cache   # world, pretrained models, manifests, class vectors, teacher features
     device: auto
     distill:                # workbench.recipes.DistillConfig (recipe, temperature, ame_weight, optim …)
       recipe: logit_kd
       ame_weight: 50.0
 
+Dataset, model pair and protocol are resolved and checked by :func:`workbench.task.prepare_task`
+before anything is written.
+
 The run directory receives ``config.json``, ``environment.json``, ``train.jsonl`` (every step),
 ``checkpoint.pt`` (every epoch, AME's projections included; ``resume=True`` continues from it),
 ``student.safetensors`` (the exported student backbone: AME's projections are not part of it),
 ``recipe_modules.safetensors`` for recipes that add modules to the student (PromptKD's prompts and
-projector, DHO's heads), ``samples.csv`` (per test image), ``embeddings.npz`` (student and teacher
-test embeddings and logits, class vectors, labels, base/new classes) and ``metrics.json`` (base / new / HM, the analysis metrics,
+projector, DHO's heads), ``dataset.json`` (which images the test rows are, for galleries),
+``samples.csv`` (per test image), ``embeddings.npz`` (student and teacher
+test embeddings and logits, class vectors, labels, base/new classes) and ``metrics.json`` (base / new / HM,
+or source and target accuracies for the transfer protocols, the analysis metrics,
 the model selection made and DHO's mixing).
 
 Teacher image embeddings are cached on disk under ``cache_dir/teacher_features`` (memory-mapped),
@@ -28,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +47,25 @@ import torch
 import yaml
 
 from .recipes import DistillConfig
+from .task import EMBEDDED_WORLD, ON_ERROR, PROTOCOLS
 
 SETTINGS = ("inductive", "transductive")
 
 
 @dataclass
 class ExperimentConfig:
-    """Everything one distillation run on the embedded world depends on."""
+    """Everything one distillation run depends on."""
 
+    dataset: str = EMBEDDED_WORLD  # embedded_world, a benchmark spec name, a manifest/spec file, imagefolder:<dir>
+    data_root: str = ""  # the dataset's folder; "" = the spec's own root (${WORKBENCH_DATA}/...) or the manifest's
+    model_pair: str = "embedded"  # a preset of workbench/presets/model_pairs.yaml
+    teacher: dict | str | None = None  # replaces the pair's teacher: {name, pretrained} or a model reference
+    student: dict | str | None = None  # replaces the pair's student
+    protocol: str = "base_to_new"  # "base_to_new", "cross_dataset" or "domain_generalization"
+    targets: list = field(default_factory=list)  # transfer protocols: evaluated datasets; [] = evaluation_sets.yaml
+    augment: bool = False  # manifest data: open_clip's train augmentation for the student (teacher runs live)
+    workers: int = 4  # DataLoader worker processes decoding manifest images
+    on_error: str = "error"  # unreadable image: "error" (names the file) or "skip"
     preset: str = "full"  # variant of presets/quickstart.yaml: world sizes, teacher and student pretraining
     shots: int = 16  # K images per base class (inductive); ignored by the transductive setting
     seed: int = 0  # few-shot draw, batch order and AME initialisation
@@ -58,6 +78,27 @@ class ExperimentConfig:
     def __post_init__(self):
         if self.setting not in SETTINGS:
             raise ValueError(f"unknown setting {self.setting!r}; valid names: {', '.join(SETTINGS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; valid names: {', '.join(PROTOCOLS)}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"unknown on_error {self.on_error!r}; valid names: {', '.join(ON_ERROR)}")
+        for name in ("dataset", "data_root", "model_pair"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not self.dataset:
+            raise ValueError("dataset must not be empty")
+        if not isinstance(self.targets, list) or not all(isinstance(t, str) and t for t in self.targets):
+            raise ValueError(f"targets must be a list of dataset names, got {self.targets!r}")
+        if self.targets and self.protocol == "base_to_new":
+            raise ValueError("targets are for the cross_dataset and domain_generalization protocols; "
+                             "base_to_new evaluates the dataset's own test split")
+        if not isinstance(self.augment, bool):
+            raise ValueError(f"augment must be true or false, got {self.augment!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be a non-negative integer, got {self.workers!r}")
+        if self.augment and self.distill.teacher_mode != "live":
+            raise ValueError("augment: true needs teacher_mode: live — the teacher must see each augmented view "
+                             "(cached teacher features are of un-augmented images)")
         if isinstance(self.shots, bool) or not isinstance(self.shots, int) or self.shots < 1:
             raise ValueError(f"shots must be a positive integer, got {self.shots!r}")
         if isinstance(self.val_per_class, bool) or not isinstance(self.val_per_class, int) or self.val_per_class < 1:
@@ -121,85 +162,49 @@ def experiment_config(base: str | os.PathLike | dict | None = None, **settings) 
     return ExperimentConfig.from_dict(data, origin=str(base) if base is not None else "settings")
 
 
-@functools.lru_cache(maxsize=4)
-def _shared_setup(preset_name: str, cache_dir: str, device: str) -> dict:
-    """World, pretrained teacher and student, class vectors: built or loaded once per process and preset.
-
-    Runs of a sweep executed in one process share them (the student is copied per run).
-    """
-    from . import models, world, zoo
-    from .presets import QuickstartConfig
-
-    preset = QuickstartConfig.load(preset_name)
-    device = torch.device(device)
-    cache = Path(cache_dir)
-    spec = world.load_world_spec()
-    splits = world.build_world(spec, cache / "world", seed=preset.world_seed, sizes=preset.world_sizes)
-    world_id = f"{spec.fingerprint()}-seed{preset.world_seed}-pretrain{preset.world_sizes['pretrain']}"
-    teacher, tokenizer, _ = zoo.load_or_pretrain(preset.teacher, splits["pretrain"], world_id, cache / "zoo", device)
-    student, _, _ = zoo.load_or_pretrain(preset.student, splits["pretrain"], world_id, cache / "zoo", device)
-    class_vectors = models.build_class_vectors(teacher, tokenizer, spec.class_names, spec.prompt_templates,
-                                               device=device)
-    return {"spec": spec, "splits": splits, "teacher": teacher, "tokenizer": tokenizer, "student": student,
-            "class_vectors": class_vectors}
-
-
 def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
                    progress: bool = False) -> dict:
     """Run one distillation and write its run directory; returns the metrics written to metrics.json.
 
-    A non-empty ``run_dir`` is refused unless ``resume`` is true, in which case training continues
-    from ``checkpoint.pt`` and ends with the same metrics as an uninterrupted run.
+    Dataset, models and protocol are resolved first (:func:`workbench.task.prepare_task`); any bad
+    setting fails there, before the run directory exists. A non-empty ``run_dir`` is refused unless
+    ``resume`` is true, in which case training continues from ``checkpoint.pt`` and ends with the
+    same metrics as an uninterrupted run.
 
     Under ``torchrun`` every process trains on its share of each batch (see :func:`workbench.train.fit`);
     rank 0 writes the run directory and evaluates, the other ranks return an empty dict.
     """
-    from . import analysis, models, protocol, recipes
-    from .evaluation import predict
-    from .runs import create_run_dir, environment_info, write_arrays, write_json
+    from . import models, recipes
     from .cache import cached_image_features
+    from .runs import create_run_dir, environment_info, write_json
+    from .task import prepare_task
     from .train import distributed_rank, select_device
 
     rank, world_size = distributed_rank()
+    device = select_device(config.device)
+    # Under torchrun rank 0 fills the shared caches (world, models, manifests, class vectors) before the others read them.
+    task = _rank_zero_first(lambda: prepare_task(config, device))
     if rank == 0:
         run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
         write_json(run_dir / "config.json", dataclasses.asdict(config))
         write_json(run_dir / "environment.json", {**environment_info(), "world_size": world_size})
+        write_json(run_dir / "dataset.json", task.description)
     run_dir = Path(run_dir)
-    device = select_device(config.device)
-    # Under torchrun rank 0 fills the shared caches (world, models, teacher features) before the others read them.
-    setup = _rank_zero_first(lambda: _shared_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device)))
-    spec, splits, teacher, tokenizer, class_vectors = (setup[k] for k in ("spec", "splits", "teacher", "tokenizer",
-                                                                           "class_vectors"))
-    student = copy.deepcopy(setup["student"])  # training changes it; the next run starts from the same weights
-    cache = Path(config.cache_dir)
-    base, new = protocol.base_new_split(len(spec.class_names))
-    train = splits["train"]
-    shots = protocol.few_shot_indices(train.labels, config.shots, config.seed, classes=base)
-    validation_indices = protocol.few_shot_indices(train.labels, config.val_per_class, config.seed, classes=base,
-                                                   exclude=shots)
-    validation = (train.images[validation_indices], train.labels[validation_indices])
-    if config.setting == "inductive":
-        train_images, train_labels = train.images[shots], train.labels[shots]
-    else:  # every training image, unlabelled except the K shots
-        train_images = train.images
-        train_labels = np.full(len(train.labels), -1, dtype=np.int64)
-        train_labels[shots] = train.labels[shots]
-    test = splits["test"]
-    base_test_mask = np.isin(test.labels, base)
-    base_test = (test.images[base_test_mask], test.labels[base_test_mask])
+    student = task.student
 
     settings = dataclasses.replace(config.distill, optim=dataclasses.replace(config.distill.optim, seed=config.seed))
-    teacher_cache = cache / "teacher_features"
-    teacher_scale = float(teacher.logit_scale.detach().exp())
+    teacher_cache = Path(config.cache_dir) / "teacher_features"
+    teacher_scale = float(task.teacher.logit_scale.detach().exp())
     live = settings.teacher_mode == "live"
     train_features = None if live else _rank_zero_first(
-        lambda: cached_image_features(teacher, train_images, teacher_cache, device=device)[0])
-    targets = recipes.TeacherTargets(train_features, teacher_scale, model=teacher)
-    result = recipes.distill(student, train_images, targets, class_vectors, settings, device,
+        lambda: cached_image_features(task.teacher, task.teacher_train_images, teacher_cache, device=device)[0])
+    targets = recipes.TeacherTargets(train_features, teacher_scale, model=task.teacher,
+                                     preprocess_cfg=models.preprocess_cfg(task.teacher))
+    result = recipes.distill(student, task.train_images, targets, task.teacher_vectors, settings, device,
                              log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
-                             progress=progress, train_classes=base, labels=train_labels, validation=validation,
-                             base_test=base_test, vocabulary=class_vectors)
+                             progress=progress, train_classes=task.train_classes, labels=task.train_labels,
+                             validation=task.validation, base_test=task.base_test, vocabulary=task.teacher_vectors,
+                             student_class_vectors=task.student_vectors, student_vocabulary=task.student_vectors)
     history = result.history
     if rank != 0:  # training was shared; evaluation and every file are rank 0's
         return {}
@@ -208,24 +213,64 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     if added:
         models.save_tensors(added, run_dir / "recipe_modules.safetensors", metadata={"recipe": settings.recipe})
 
-    teacher_features = cached_image_features(teacher, test.images, teacher_cache, device=device)[0].float()
-    teacher_logits = teacher_scale * teacher_features @ class_vectors.float().cpu().T
-    features, logits = predict(result.model, test.images, class_vectors, device=device)
-    table, stats = analysis.analyze_predictions(
-        logits, test.labels, features, class_vectors, teacher_logits=teacher_logits,
-        teacher_features=teacher_features, base_classes=base, new_classes=new,
-        true_ambiguity=test.ambiguity, class_names=spec.class_names)
-    analysis.write_table(table, run_dir / "samples.csv")
-    # What the explorer and analyze_run need without the models: row i is test image i.
-    write_arrays(run_dir / "embeddings.npz", image_features=features.numpy(), text_features=class_vectors.float().cpu().numpy(),
-                 logits=logits.numpy(), teacher_features=teacher_features.numpy(), teacher_logits=teacher_logits.numpy(),
-                 labels=np.asarray(test.labels), base_classes=np.asarray(base), new_classes=np.asarray(new),
-                 true_ambiguity=np.asarray(test.ambiguity), class_names=np.asarray(spec.class_names, dtype=str))
-    metrics = {"base_acc": stats["base_acc"], "new_acc": stats["new_acc"], "hm": stats["hm"],
-               "analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
-               "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None}
+    primary, *transfer = task.evaluations
+    stats = evaluate_set(result, task.teacher, primary, teacher_cache, device, run_dir=run_dir)
+    metrics = {"dataset": task.dataset, "protocol": task.protocol, "skipped_images": stats.pop("skipped_images")}
+    if primary.base is not None:
+        metrics.update(base_acc=stats["base_acc"], new_acc=stats["new_acc"], hm=stats["hm"])
+    else:
+        metrics["accuracy"] = stats["accuracy"]
+    if transfer:
+        scores = {ev.name: evaluate_set(result, task.teacher, ev, teacher_cache, device)["accuracy"]
+                  for ev in transfer}  # unreadable target images (on_error: skip) are left out of their accuracy
+        metrics.update(targets=scores, target_mean=float(np.mean(list(scores.values()))))
+    metrics.update({"analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
+                    "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None})
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch.device,
+                 run_dir: Path | None = None) -> dict:
+    """Analysis metrics of a distilled student on one evaluation set (base / new / HM or accuracy).
+
+    The student is scored against its own class vectors (the teacher's for recipes that project into
+    the teacher's space); the teacher's cached features of the same images give the teacher-side
+    columns. ``skipped_images`` counts unreadable images left out (``on_error: skip``). With
+    ``run_dir`` the per-sample table and the embeddings are written there.
+    """
+    from . import analysis
+    from .cache import cached_image_features
+    from .evaluation import predict_source
+    from .runs import write_arrays
+
+    own = evaluation.student_vectors if evaluation.student_vectors is not None else evaluation.teacher_vectors
+    vectors = (evaluation.teacher_vectors if result.scores_in_teacher_space else own).float().cpu()
+    features, logits, kept = predict_source(result.model, evaluation.student_images, vectors, device=device)
+    teacher_features = cached_image_features(teacher, evaluation.teacher_images, teacher_cache,
+                                             device=device)[0][kept].float()
+    teacher_scale = float(teacher.logit_scale.detach().exp())
+    teacher_logits = teacher_scale * teacher_features @ evaluation.teacher_vectors.float().cpu().T
+    labels = np.asarray(evaluation.labels)[kept]
+    ambiguity = None if evaluation.true_ambiguity is None else np.asarray(evaluation.true_ambiguity)[kept]
+    table, stats = analysis.analyze_predictions(
+        logits, labels, features, vectors, teacher_logits=teacher_logits, teacher_features=teacher_features,
+        base_classes=evaluation.base, new_classes=evaluation.new, true_ambiguity=ambiguity,
+        class_names=evaluation.class_names)
+    stats["skipped_images"] = int(len(evaluation.labels) - len(kept))
+    if run_dir is not None:
+        analysis.write_table(table, run_dir / "samples.csv")
+        # What the explorer and analyze_run need without the models: row i is test image kept[i].
+        arrays = dict(image_features=features.numpy(), text_features=vectors.numpy(), logits=logits.numpy(),
+                      teacher_features=teacher_features.numpy(), teacher_logits=teacher_logits.numpy(),
+                      labels=labels, class_names=np.asarray(evaluation.class_names, dtype=str),
+                      image_index=np.asarray(kept))
+        if evaluation.base is not None:
+            arrays.update(base_classes=np.asarray(evaluation.base), new_classes=np.asarray(evaluation.new))
+        if ambiguity is not None:
+            arrays["true_ambiguity"] = ambiguity
+        write_arrays(run_dir / "embeddings.npz", **arrays)
+    return stats
 
 
 def recipe_modules(model) -> dict:

@@ -15,6 +15,7 @@ parameter grid::
       - {recipe: promptkd, ame_weight: 0}   # a value may also be a list (matches any of them)
     cell_timeout: 3600                      # optional: seconds one notebook cell may run
     report: {metrics: [hm], seed: seed, sweep: ame_weight, off_value: 0, on_value: 50}  # ReportSettings
+    cluster: {gpus_per_node: 1, timeout_min: 720, partition: null}  # optional: ClusterSettings
 
 Relative paths (``notebook``, ``output``) are relative to the current directory; notebooks run with
 the repository root as their working directory. Every parameter must be declared in the notebook's
@@ -32,6 +33,11 @@ run whose parameters or code changed is *stale* and only rerun when asked (its d
 to ``<output>/.stale/``, never overwritten). The index (:func:`write_index`) and the report
 (:func:`build_report`) are rebuilt from the run directories alone, so runs may be spread over machines
 (``shard``/``only_index``) that share the output directory, or copied together afterwards.
+
+On a cluster, :func:`submit_pipeline` submits the runs that are not done as a job array through
+submitit (one run per array task, settings from the spec's ``cluster:`` block); every task calls
+:func:`execute_run`, so a run directory looks the same whichever way it was executed, plus a
+``job.json`` naming its job. Logs of the jobs go to ``<output>/submitit/``.
 """
 
 from __future__ import annotations
@@ -69,10 +75,16 @@ INJECTED = ("run_dir", "overwrite_run_dir")  # parameters run_notebook sets itse
 META_COLUMNS = ("run_id", "grid_index", "notebook", "status", "code_version", "git_commit", "git_dirty",
                 "host", "started", "duration_s", "error")
 SPEC_FIELDS = ("name", "description", "notebook", "notebooks", "output", "parameters", "grid", "exclude",
-               "cell_timeout", "report", "in_process")
+               "cell_timeout", "report", "in_process", "cluster")
 # The notebook whose whole work is one library call, which in_process specs make directly.
 IN_PROCESS_NOTEBOOK = "run_experiment.ipynb"
 STATES = ("missing", "done", "failed", "incomplete", "running", "stale", "conflict")
+JOB_FILE = "job.json"  # written by submit_pipeline into the run directory of every submitted run
+SUBMITIT_DIR = "submitit"  # submitit's pickles and job logs, under the output directory
+EXECUTORS = {"slurm": "slurm", "submitit-local": "local"}  # submit_pipeline's executors -> submitit cluster names
+# Slurm job states in which a job may still execute its run (anything else: it has ended).
+SLURM_ALIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+               "RESIZING", "SUSPENDED", "RESV_DEL_HOLD", "SIGNALING", "STAGE_OUT")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -205,6 +217,100 @@ class ReportSettings:
         return cls(**data)
 
 
+# First-class ClusterSettings fields, by the submitit slurm parameter each one sets; `cluster.extra` may not
+# give these (nor split a run over several tasks or nodes: one run is one process).
+_CLUSTER_RESERVED = {"partition": "partition", "time": "timeout_min", "gpus_per_node": "gpus_per_node",
+                     "num_gpus": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem_gb",
+                     "array_parallelism": "array_parallelism", "job_name": None, "nodes": None,
+                     "ntasks_per_node": None, "timeout_min": "timeout_min", "mem_gb": "mem_gb",
+                     "tasks_per_node": None, "name": None}
+
+
+def _import_submitit():
+    try:
+        import submitit
+    except ImportError as err:
+        raise ImportError("submitting pipeline runs to a cluster needs the submitit package "
+                          "(pip install 'submitit>=1.5'; it is a dependency of the workbench)") from err
+    return submitit
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Resources of every array task of :func:`submit_pipeline`; the ``cluster:`` block of a spec."""
+
+    partition: str | None = None  # slurm partition (None: the cluster's default)
+    gpus_per_node: int = 0  # GPUs of one run
+    cpus_per_task: int | None = None  # CPU cores of one run (None: the cluster's default)
+    mem_gb: float | None = None  # memory of one run (None: the cluster's default)
+    timeout_min: int = 60  # wall-clock limit of one run, minutes
+    array_parallelism: int | None = None  # array tasks running at once (None: submitit's default, 256)
+    extra: dict = field(default_factory=dict)  # other submitit slurm parameters: account, qos, constraint, setup …
+
+    @classmethod
+    def from_dict(cls, data, origin: str = "cluster") -> "ClusterSettings":
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            _fail(origin, "cluster", f"expected a mapping, got {type(data).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(map(str, set(data) - set(known)))
+        if unknown:
+            _fail(origin, "cluster", f"unknown fields {unknown}; expected some of {known} "
+                                     "(other slurm parameters go under cluster.extra)")
+        data = dict(data)
+
+        for name, minimum, optional in (("gpus_per_node", 0, False), ("timeout_min", 1, False),
+                                        ("cpus_per_task", 1, True), ("array_parallelism", 1, True)):
+            value = data.get(name)
+            if name not in data or value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                _fail(origin, f"cluster.{name}", f"expected an integer >= {minimum}"
+                      + (" or null" if optional else "") + f", got {value!r}")
+        mem = data.get("mem_gb")
+        if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or not mem > 0):
+            _fail(origin, "cluster.mem_gb", f"expected a number of GB > 0 or null, got {mem!r}")
+        partition = data.get("partition")
+        if partition is not None and not (isinstance(partition, str) and partition.strip()):
+            _fail(origin, "cluster.partition", f"expected a partition name or null (the default), got {partition!r}")
+        extra = data.get("extra") or {}
+        if not isinstance(extra, dict):
+            _fail(origin, "cluster.extra", f"expected a mapping of slurm parameter: value, got {type(extra).__name__}")
+        extra = {str(k): _json_value(v, origin, f"cluster.extra.{k}") for k, v in extra.items()}
+        valid = None
+        if extra:
+            try:
+                valid = set(_import_submitit().SlurmExecutor._valid_parameters())
+            except (ImportError, AttributeError):
+                pass  # checked by submitit itself when the runs are submitted
+        for key in extra:
+            if key in _CLUSTER_RESERVED:
+                own = _CLUSTER_RESERVED[key]
+                _fail(origin, f"cluster.extra.{key}", f"give it as cluster.{own}" if own else
+                      "set by the pipeline itself (one run is one task on one node, named after the spec)")
+            if valid is not None and key not in valid:
+                _fail(origin, f"cluster.extra.{key}", "not a submitit slurm parameter; expected some of "
+                                                      f"{sorted(valid - set(_CLUSTER_RESERVED))}")
+        data["extra"] = extra
+        return cls(**data)
+
+    def submitit_parameters(self, name: str) -> dict:
+        """Keyword arguments of ``submitit.AutoExecutor.update_parameters`` for a job array named ``name``."""
+        out = {"name": name, "timeout_min": self.timeout_min, "gpus_per_node": self.gpus_per_node,
+               "tasks_per_node": 1, "nodes": 1}
+        if self.cpus_per_task is not None:
+            out["cpus_per_task"] = self.cpus_per_task
+        if self.mem_gb is not None:
+            out["mem_gb"] = self.mem_gb
+        if self.partition is not None:
+            out["slurm_partition"] = self.partition
+        if self.array_parallelism is not None:
+            out["slurm_array_parallelism"] = self.array_parallelism
+        out.update({f"slurm_{k}": v for k, v in self.extra.items()})
+        return out
+
+
 @dataclass(frozen=True)
 class Run:
     """One notebook execution of a pipeline: a grid point."""
@@ -251,6 +357,7 @@ class PipelineSpec:
     description: str = ""
     origin: str = "spec"
     in_process: bool = False  # call workbench.experiment.run_step instead of executing the notebook
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)  # submit_pipeline's resources per run
 
     @classmethod
     def from_dict(cls, data, origin: str = "spec", check_notebooks: bool = True) -> "PipelineSpec":
@@ -324,6 +431,7 @@ class PipelineSpec:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
             _fail(origin, "cell_timeout", f"expected a positive number of seconds, got {timeout!r}")
         report = ReportSettings.from_dict(data.get("report"), origin)
+        cluster = ClusterSettings.from_dict(data.get("cluster"), origin)
         in_process = data.get("in_process", False)
         if not isinstance(in_process, bool):
             _fail(origin, "in_process", f"expected true or false, got {in_process!r}")
@@ -347,7 +455,7 @@ class PipelineSpec:
                                                       f"{path.name}; it declares {declared}")
         spec = cls(name=name, notebooks=paths, output=Path(output), parameters=parameters, grid=grid,
                    exclude=list(exclude), cell_timeout=timeout, report=report, description=description,
-                   origin=origin, in_process=in_process)
+                   origin=origin, in_process=in_process, cluster=cluster)
         runs = spec.runs()
         if not runs:
             _fail(origin, "exclude", "every grid point is excluded; nothing to run")
@@ -378,7 +486,7 @@ class PipelineSpec:
                 "notebooks": [str(n) for n in self.notebooks], "output": str(self.output),
                 "parameters": self.parameters, "grid": self.grid, "exclude": self.exclude,
                 "cell_timeout": self.cell_timeout, "report": dataclasses.asdict(self.report),
-                "in_process": self.in_process}
+                "in_process": self.in_process, "cluster": dataclasses.asdict(self.cluster)}
 
 
 def _excluded(point: dict, entry: dict) -> bool:
@@ -466,13 +574,35 @@ def _same(a, b) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) or a == b
 
 
-def run_state(run: Run, output: str | os.PathLike, version: str) -> tuple[str, str]:
+def _run_job(run_dir: Path, status: dict) -> dict | None:
+    """The job of a submitted run: ``job.json`` (written at submission), else the job its status names."""
+    try:
+        return read_json(run_dir / JOB_FILE)
+    except (OSError, ValueError):
+        return status.get("job") if isinstance(status.get("job"), dict) else None
+
+
+def _job_alive(job: dict | None, scheduler: dict | None) -> tuple[bool, str]:
+    """Whether the job of a queued or running run may still execute it, and what is known of it."""
+    if not job or not job.get("job_id"):
+        return False, ""
+    job_id = str(job["job_id"])
+    if job.get("executor") == "submitit-local":  # the job id is the pid of submitit's local controller
+        alive = job.get("host") == platform.node() and _pid_alive(job_id)
+        return alive, f"job {job_id} (submitit-local) " + ("running" if alive else "ended")
+    state = (scheduler or {}).get(job_id)
+    alive = state is not None and state.split()[0].upper() in SLURM_ALIVE
+    return alive, f"job {job_id} {state or 'not known to the scheduler'}"
+
+
+def run_state(run: Run, output: str | os.PathLike, version: str, scheduler: dict | None = None) -> tuple[str, str]:
     """``(state, detail)`` of ``run`` in ``output`` for code ``version``; states:
 
     ``missing`` (no directory, or an empty one), ``done`` (finished with these parameters and this code),
-    ``failed``, ``incomplete`` (interrupted), ``running`` (by a live process on this host), ``stale``
-    (finished, but with other parameters or code) and ``conflict`` (a directory the pipeline did not
-    write: it is never touched).
+    ``failed``, ``incomplete`` (interrupted), ``running`` (by a live process on this host, or queued or
+    running as a job that the scheduler still lists as alive), ``stale`` (finished, but with other
+    parameters or code) and ``conflict`` (a directory the pipeline did not write: it is never touched).
+    ``scheduler`` maps slurm job ids to their states (:func:`scheduler_states`).
     """
     run_dir = Path(output) / run.run_id
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
@@ -500,7 +630,43 @@ def run_state(run: Run, output: str | os.PathLike, version: str) -> tuple[str, s
         return "failed", status.get("error", "")
     if state == "running" and status.get("host") == platform.node() and _pid_alive(status.get("pid")):
         return "running", f"by process {status.get('pid')} on this host"
+    if state in ("queued", "running"):
+        alive, detail = _job_alive(_run_job(run_dir, status), scheduler)
+        if alive:
+            return "running", detail
+        if detail:
+            return "incomplete", f"status {state!r}, {detail} (interrupted)"
     return "incomplete", f"status {state!r} (interrupted)"
+
+
+def scheduler_states(job_ids) -> dict[str, str]:
+    """Slurm states (``PENDING``, ``RUNNING``, ``COMPLETED`` …) of ``job_ids`` from one ``sacct`` call made
+    through submitit; empty where ``sacct`` or submitit is missing (the jobs then count as ended)."""
+    job_ids = sorted({str(j) for j in job_ids})
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    try:
+        submitit = _import_submitit()
+    except ImportError:
+        return {}
+    jobs = [submitit.SlurmJob(folder=".", job_id=job_id) for job_id in job_ids]
+    jobs[0].get_info(mode="force")  # one sacct call for every registered job
+    return {job.job_id: job.watcher.get_state(job.job_id, mode="cache") for job in jobs}
+
+
+def _submitted_jobs(runs: list[Run], output: Path) -> list[str]:
+    """Slurm job ids of the queued or running runs among ``runs`` (what :func:`plan` asks the scheduler about)."""
+    ids = []
+    for run in runs:
+        try:
+            status = read_json(output / run.run_id / STATUS_FILE)
+        except (OSError, ValueError):
+            continue
+        if status.get("status") in ("queued", "running"):
+            job = _run_job(output / run.run_id, status)
+            if job and job.get("executor") == "slurm" and job.get("job_id"):
+                ids.append(str(job["job_id"]))
+    return ids
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -537,8 +703,10 @@ def plan(spec: PipelineSpec, shard=None, only_index: int | None = None, version:
     """The state of every selected run of ``spec``; ``version`` replaces :func:`code_version` (tests)."""
     digest = _sources_digest() if version is None else None
     versions = {nb: version or code_version(nb, digest) for nb in spec.notebooks}
-    return [PlannedRun(run, *run_state(run, spec.output, versions[run.notebook]), versions[run.notebook])
-            for run in select_runs(spec.runs(), shard, only_index)]
+    runs = select_runs(spec.runs(), shard, only_index)
+    scheduler = scheduler_states(_submitted_jobs(runs, Path(spec.output)))
+    return [PlannedRun(run, *run_state(run, spec.output, versions[run.notebook], scheduler), versions[run.notebook])
+            for run in runs]
 
 
 # ----------------------------------------------------------------------------- execution
@@ -552,14 +720,15 @@ def _error_text(err: BaseException) -> tuple[str, str]:
 
 def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | None = None,
                 cell_timeout: int | None = None, previous_errors: list | None = None,
-                in_process: bool = False) -> dict:
+                in_process: bool = False, job: dict | None = None) -> dict:
     """Execute ``run`` into ``<output>/<run_id>`` (created empty by the caller or absent) and return its
     ``status.json``: ``done`` when the notebook ran through and wrote ``metrics.json``, else ``failed``
     with the error and traceback (the executed notebook keeps every cell up to the failing one).
 
     ``in_process`` calls :func:`workbench.experiment.run_step` with the run's parameters in this
     process instead of starting a kernel for the notebook: same run directory, no kernel start-up,
-    and the world and pretrained models stay loaded from one run to the next.
+    and the world and pretrained models stay loaded from one run to the next. ``job`` (the cluster job
+    executing the run, from :func:`submit_pipeline`) is recorded in the status.
     """
     run_dir = Path(output) / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -568,6 +737,8 @@ def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | 
               "code_version": version, **(code or {}), "host": platform.node(), "pid": os.getpid(),
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "previous_errors": list(previous_errors or [])}
+    if job:
+        status["job"] = job
     write_json(run_dir / STATUS_FILE, status)
     start = time.perf_counter()
     try:
@@ -629,6 +800,8 @@ class PipelineResult:
     planned: list[PlannedRun]  # every selected run with its state before this call
     executed: dict[str, dict] = field(default_factory=dict)  # run id -> status.json of the runs executed now
     index: Path | None = None  # the rebuilt index
+    jobs: dict[str, str] = field(default_factory=dict)  # run id -> job id of the runs submitted now
+    executor: str = "local"  # how the runs were executed: local, slurm or submitit-local
 
     def count(self, state: str) -> int:
         return sum(p.state == state for p in self.planned)
@@ -639,8 +812,11 @@ class PipelineResult:
 
     def summary(self) -> str:
         ran = len(self.executed)
-        parts = [f"{len(self.planned)} runs selected", f"{self.count('done')} already done (skipped)",
-                 f"ran {ran}: {ran - len(self.failed)} done, {len(self.failed)} failed"]
+        parts = [f"{len(self.planned)} runs selected", f"{self.count('done')} already done (skipped)"]
+        if self.jobs:
+            parts.append(f"submitted {len(self.jobs)} as {self.executor} jobs")
+        if self.executed or not self.jobs:
+            parts.append(f"ran {ran}: {ran - len(self.failed)} done, {len(self.failed)} failed")
         skipped_stale = sum(p.state == "stale" and p.run.run_id not in self.executed for p in self.planned)
         if skipped_stale:
             parts.append(f"{skipped_stale} stale (finished with other parameters or code; --rerun-stale reruns them)")
@@ -741,6 +917,130 @@ def run_pipeline(spec: PipelineSpec, workers: int = 1, shard=None, only_index: i
         bar.close()
         if write_index_file:
             result.index = write_index(output)
+    return result
+
+
+def _submitted_run(run: Run, output: str, version: str, code: dict, cell_timeout: int | None,
+                   previous_errors: list, in_process: bool, cwd: str, executor: str) -> dict:
+    """What one array task of :func:`submit_pipeline` executes: :func:`execute_run`, from the directory the
+    runs were submitted from, recording the job."""
+    os.chdir(cwd)  # relative notebook and output paths mean what they meant to the submitter
+    job = {"executor": executor}
+    try:
+        environment = _import_submitit().JobEnvironment()
+        job.update(job_id=str(environment.job_id), host=platform.node())
+    except (ImportError, RuntimeError):
+        pass
+    return execute_run(run, output, version, code, cell_timeout, previous_errors, in_process, job=job)
+
+
+def submit_pipeline(spec: PipelineSpec, executor: str = "slurm", cluster: dict | None = None, wait: bool = False,
+                    shard=None, only_index: int | None = None, rerun_stale: bool = False,
+                    folder: str | os.PathLike | None = None, progress: bool = True,
+                    version: str | None = None) -> PipelineResult:
+    """Submit the missing, failed and interrupted runs of ``spec`` as one job array through submitit.
+
+    Each array task executes one run with :func:`execute_run`, so its directory holds what a local run
+    leaves (``status.json`` then also names the job), plus ``job.json`` (job id, log files) written at
+    submission. Until its job starts, a submitted run's status is ``queued``; :func:`plan` counts a queued
+    or running run as ``running`` while its job is still pending or running, so submitting again
+    resubmits only what is not done and not under way.
+
+    Parameters
+    ----------
+    spec : PipelineSpec
+        From :func:`load_spec`; its ``cluster`` settings give the resources of every task.
+    executor : {"slurm", "submitit-local"}
+        ``slurm``: a slurm job array (``sbatch`` must be available). ``submitit-local``: submitit's local
+        executor, one subprocess per run on this machine (to try the cluster path without a cluster).
+    cluster : dict, optional
+        Overrides of the spec's ``cluster:`` block (same fields, validated the same way).
+    wait : bool, default False
+        Block until every job has ended, then rebuild the index; ``executed`` holds the runs' statuses.
+    shard, only_index, rerun_stale, version
+        As in :func:`run_pipeline`: which runs are selected, whether stale runs are redone.
+    folder : path, optional
+        submitit's folder (pickles and job logs), default ``<output>/submitit``.
+    progress : bool, default True
+        A tqdm bar over the jobs while waiting.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {sorted(EXECUTORS)}, got {executor!r}")
+    submitit = _import_submitit()
+    settings = spec.cluster
+    if cluster:
+        origin = f"{spec.origin} (with cluster overrides {sorted(cluster)})"
+        settings = ClusterSettings.from_dict({**dataclasses.asdict(spec.cluster), **cluster}, origin)
+    output = Path(spec.output)
+    planned = plan(spec, shard, only_index, version)  # before anything is written
+    result = PipelineResult(planned, executor=executor)
+    todo = [p for p in planned if p.state in ("missing", "failed", "incomplete") or p.state == "stale" and rerun_stale]
+    if todo:
+        folder = Path(folder) if folder else output / SUBMITIT_DIR
+        auto = submitit.AutoExecutor(folder=folder / "%j", cluster=EXECUTORS[executor])
+        try:
+            auto.update_parameters(**settings.submitit_parameters(spec.name))
+        except (NameError, ValueError, AssertionError) as err:  # submitit's own checks of the parameters
+            raise SpecError(f"{spec.origin}: cluster: submitit refuses the settings: {err}") from None
+    output.mkdir(parents=True, exist_ok=True)
+    _write_text(output / SPEC_RECORD, json.dumps(spec.record(), indent=2) + "\n")
+    if not todo:
+        if wait:
+            result.index = write_index(output)
+        return result
+
+    code = {"git_commit": git_commit(), "git_dirty": git_dirty()}
+    cwd = os.getcwd()
+    arguments = []
+    for p in todo:
+        errors = _prepare(p, output)
+        run = p.run
+        write_json(output / run.run_id / STATUS_FILE, {
+            "status": "queued", "runner": "in_process" if spec.in_process else "papermill", "run_id": run.run_id,
+            "grid_index": run.index, "notebook": run.notebook.name, "notebook_path": str(run.notebook),
+            "parameters": run.parameters, "grid": run.grid, "code_version": p.code_version, **code,
+            "executor": executor, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "previous_errors": errors})
+        arguments.append((run, str(output), p.code_version, code, spec.cell_timeout, errors, spec.in_process, cwd,
+                          executor))
+    try:
+        jobs = auto.map_array(_submitted_run, *zip(*arguments))
+    except Exception as err:
+        for args in arguments:  # nothing was queued: say so, and let the next submission retry them
+            status = read_json(output / args[0].run_id / STATUS_FILE)
+            write_json(output / args[0].run_id / STATUS_FILE, {
+                **status, "status": "failed", "error": f"submission failed: {type(err).__name__}: {err}"})
+        raise
+    for args, job in zip(arguments, jobs):
+        run_id = args[0].run_id
+        result.jobs[run_id] = str(job.job_id)
+        write_json(output / run_id / JOB_FILE, {
+            "executor": executor, "job_id": str(job.job_id), "host": platform.node(),
+            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stdout": str(job.paths.stdout),
+            "stderr": str(job.paths.stderr), "submitit_folder": str(job.paths.folder)})
+    if not wait:
+        return result
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(jobs), desc=spec.name, unit="job", disable=not progress) as bar:
+        for args, job in zip(arguments, jobs):
+            run_id = args[0].run_id
+            try:
+                status = job.result()
+            except Exception as err:  # noqa: BLE001 - the job died (time limit, cancelled, node failure)
+                try:
+                    status = read_json(output / run_id / STATUS_FILE)
+                except (OSError, ValueError):
+                    status = {}
+                if status.get("status") not in ("done", "failed"):
+                    status = {**status, "run_id": run_id, "status": "failed",
+                              "error": f"job {job.job_id} ended without finishing the run: {type(err).__name__}: "
+                                       f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}"}
+            result.executed[run_id] = status
+            if status.get("status") != "done":
+                bar.write(f"failed: {run_id}: {status.get('error', '')}")
+            bar.update(1)
+    result.index = write_index(output)
     return result
 
 

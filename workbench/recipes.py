@@ -43,9 +43,13 @@ from torch import nn
 
 from .losses import AMELoss, FeatureKDLoss, KDLoss, SymmetricKLLoss
 from .prompts import PromptedStudent
-from .train import ModelSelector, OptimConfig, encode_images, fit, images_to_device, normalize_images
+from .image_sources import ViewAdapter, as_source
+from .train import ModelSelector, OptimConfig, encode_images, fit
 
 RECIPES = ("logit_kd", "promptkd", "kdpl", "dho", "feature_kd")
+# Recipes whose student is scored against the teacher's class text vectors (through a projector);
+# the others score the student with its own text tower's class vectors.
+TEACHER_SPACE_RECIPES = ("promptkd",)
 TEACHER_MODES = ("cached", "live")
 LABEL_FREE_RECIPES = ("logit_kd", "promptkd", "kdpl", "feature_kd")
 
@@ -119,6 +123,7 @@ class TeacherTargets:
     features: torch.Tensor | None  # (N, Dt) unit-norm teacher image embeddings, or None when live
     logit_scale: float  # the teacher's own logit scale (exp of its parameter)
     model: nn.Module | None = None  # the teacher itself, for live targets
+    preprocess_cfg: dict | None = None  # the teacher's input size/mean/std; None: as the student's views
 
     def logits(self, class_vectors: torch.Tensor, scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """Teacher logits of the cached features over ``class_vectors`` at ``scale`` (default: the teacher's)."""
@@ -127,9 +132,10 @@ class TeacherTargets:
     @classmethod
     def from_model(cls, teacher, images, device: torch.device | None = None, live: bool = False) -> "TeacherTargets":
         scale = float(teacher.logit_scale.detach().exp())
+        cfg = getattr(teacher.visual, "preprocess_cfg", None)
         if live:
-            return cls(None, scale, model=teacher)
-        return cls(encode_images(teacher, images, device=device), scale, model=teacher)
+            return cls(None, scale, model=teacher, preprocess_cfg=cfg)
+        return cls(encode_images(teacher, images, device=device), scale, model=teacher, preprocess_cfg=cfg)
 
     def __len__(self) -> int:
         return -1 if self.features is None else len(self.features)
@@ -234,6 +240,7 @@ class DistillResult:
     history: list[dict]  # per-step records, as in the JSONL log
     selection: dict  # policy, chosen epoch, its score, per-epoch scores
     extras: dict = field(default_factory=dict)  # recipe-specific choices (DHO's alpha and beta)
+    scores_in_teacher_space: bool = False  # True: evaluate against the teacher's class vectors (PromptKD)
 
 
 @torch.no_grad()
@@ -252,7 +259,8 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
             device: torch.device, log_path: str | Path | None = None, progress: bool = False,
             checkpoint_path: str | Path | None = None, *, train_classes=None, labels=None,
             validation: tuple | None = None, base_test: tuple | None = None,
-            vocabulary: torch.Tensor | None = None) -> DistillResult:
+            vocabulary: torch.Tensor | None = None, student_class_vectors: torch.Tensor | None = None,
+            student_vocabulary: torch.Tensor | None = None) -> DistillResult:
     """Distil ``teacher`` into ``student`` with ``config.recipe``, optionally with AME.
 
     Parameters
@@ -260,13 +268,19 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
     student : open_clip model
         Its image tower (or, for ``promptkd``, prompts and projector added to it) trains; its text
         tower and logit scale stay as they are.
-    images : uint8 array (N, H, W, 3)
-        Training images.
+    images : uint8 array (N, H, W, 3) or image source
+        Training images: an array (the embedded world) or a source from :mod:`workbench.image_sources`
+        (a manifest split through the student's eval or train transform).
     teacher : TeacherTargets
-        Teacher embeddings of the same N images (or the live teacher).
+        Teacher embeddings of the same N images (or the live teacher, which then sees the student's
+        view of each image adapted to its own input size and normalisation).
     class_vectors : tensor (C, D)
         Unit-norm class text vectors in the teacher's embedding space — all classes of the task.
-        The student is scored against them (after the projector in ``promptkd``).
+        Teacher logits are formed against them; so are the student's in ``promptkd``.
+    student_class_vectors : tensor (C, Ds), optional
+        The same classes' vectors from the student's own text tower, which the student is scored
+        against in every recipe but ``promptkd``. Default ``class_vectors`` (a shared text tower, as
+        in the embedded pair).
     config : DistillConfig
     device : torch.device
     log_path, progress, checkpoint_path
@@ -283,14 +297,20 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
         Base-class test images for ``selection="best_base_test"`` (the field's protocol).
     vocabulary : tensor (V, D), optional
         Class-agnostic KDPL's vocabulary; default ``class_vectors``.
+    student_vocabulary : tensor (V, Ds), optional
+        The vocabulary from the student's text tower; needed when ``student_class_vectors`` is given.
     """
-    num_images = len(images)
+    source = as_source(images)
+    num_images = len(source)
     if teacher.features is not None and num_images != len(teacher.features):
         raise ValueError(f"{num_images} images but {len(teacher.features)} rows of teacher features")
     if teacher.features is None and teacher.model is None:
         raise ValueError("teacher targets have neither cached features nor a teacher model")
     if config.teacher_mode == "live" and teacher.model is None:
         raise ValueError("teacher_mode 'live' needs TeacherTargets with the teacher model")
+    if source.augmented and config.teacher_mode != "live":
+        raise ValueError("the training images are augmented, so the teacher must see each augmented view: "
+                         "set teacher_mode 'live' (cached features are of un-augmented images)")
     recipe = config.recipe
     if recipe == "dho" and labels is None:
         raise ValueError("recipe 'dho' needs labels (-1 for unlabelled images)")
@@ -299,22 +319,31 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
     classes = torch.arange(len(vectors)) if train_classes is None else torch.as_tensor(np.asarray(train_classes))
     classes = classes.long().to(device)
     train_vectors = vectors[classes]
+    in_teacher_space = recipe in TEACHER_SPACE_RECIPES
+    shared_text = student_class_vectors is None
+    student_vectors = vectors if shared_text else student_class_vectors.to(device).float()
+    if student_vectors.shape[0] != vectors.shape[0]:
+        raise ValueError(f"student_class_vectors has {student_vectors.shape[0]} classes, class_vectors "
+                         f"{vectors.shape[0]}")
+    student_train_vectors = student_vectors[classes]
     student_width = int(student.visual.output_dim)
-    if recipe not in ("promptkd", "feature_kd") and student_width != vectors.shape[1]:
+    if not in_teacher_space and student_width != student_vectors.shape[1]:
         raise ValueError(
-            f"student embeddings have width {student_width} but the class vectors {vectors.shape[1]}; "
-            f"recipe {recipe!r} has no projector — use 'promptkd' or 'feature_kd', or class vectors from the "
-            "student's own text tower")
-    stored = images_to_device(images, device)
+            f"student embeddings have width {student_width} but the class vectors it is scored against "
+            f"{student_vectors.shape[1]}; pass student_class_vectors from the student's own text tower "
+            f"(recipe {recipe!r} scores the student in its own space)")
     live = config.teacher_mode == "live"
     teacher_model = teacher.model.to(device).eval() if live else None
     teacher_features = None if live else teacher.features.to(device).float()
+    teacher_view = ViewAdapter(source.preprocess_cfg(), teacher.preprocess_cfg) \
+        if live and teacher.preprocess_cfg else None
 
     def teacher_batch(indices, pixels):
         if not live:
             return teacher_features[indices]
         with torch.no_grad():
-            return teacher_model.encode_image(pixels, normalize=True).float()
+            view = pixels if teacher_view is None else teacher_view(pixels)
+            return teacher_model.encode_image(view, normalize=True).float()
 
     torch.manual_seed(config.optim.seed)  # recipe heads, prompts and projectors start the same per seed
     student_scale = student.logit_scale.detach().exp()
@@ -324,7 +353,7 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
         modules: list[nn.Module] = model.trainable()
         scale = torch.tensor(teacher.logit_scale, device=device)
     elif recipe == "dho":
-        model = DualHeadStudent(student, vectors).to(device)
+        model = DualHeadStudent(student, student_vectors).to(device)
         modules = [student.visual, model.ce_head, model.kd_head]
         scale = student_scale
     else:
@@ -337,18 +366,24 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
     projector = feature_kd = None
     if recipe == "feature_kd":
         teacher_width = vectors.shape[1]
+        # Shared text space (the embedded pair): the student is scored through the projector, as before;
+        # own text tower: the projector only serves the feature term and logits use the student's own space.
         projector = nn.Identity() if student_width == teacher_width else nn.Linear(student_width, teacher_width)
         projector.to(device)
         modules.append(projector)
         feature_kd = FeatureKDLoss(config.feature_distance)
 
-    vocab = None
+    vocab = student_vocab = None
     if recipe == "kdpl" and config.kdpl_top_k:
         vocab = (vocabulary if vocabulary is not None else class_vectors).to(device).float()
         if config.kdpl_top_k > len(vocab):
             raise ValueError(f"kdpl_top_k={config.kdpl_top_k} exceeds the vocabulary's {len(vocab)} classes")
+        if not shared_text and student_vocabulary is None:
+            raise ValueError("class-agnostic kdpl with the student's own text tower needs student_vocabulary")
+        student_vocab = vocab if shared_text else student_vocabulary.to(device).float()
 
-    ame = make_ame(config, train_vectors.shape[1], device) if config.uses_ame else None
+    scored_rows = train_vectors if in_teacher_space else student_train_vectors
+    ame = make_ame(config, scored_rows.shape[1], device) if config.uses_ame else None
     if ame is not None:
         modules.append(ame)
 
@@ -363,13 +398,15 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
             raise ValueError(f"labelled images of classes outside train_classes: {sorted(set(bad.tolist()))[:10]}")
         targets = torch.where(label_tensor >= 0, position[label_tensor.clamp(min=0)], -1).to(device)
 
-    def step_loss(indices):
-        pixels = normalize_images(stored[indices])
+    def step_loss(indices, pixels):
         t_features = teacher_batch(indices, pixels)
         features = model.encode_image(pixels, normalize=True)
         student_features = features
-        if projector is not None:  # feature_kd: the student is scored in the teacher's space
-            features = F.normalize(projector(student_features), dim=-1)
+        projected = None
+        if projector is not None:
+            projected = F.normalize(projector(student_features), dim=-1)
+            if shared_text:
+                features = projected
         if recipe == "dho":
             z_ce, z_kd = model.head_logits(features, classes)
             kd_terms = kd(z_kd, teacher_scale * t_features @ train_vectors.T)
@@ -378,20 +415,20 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
                   else z_ce.sum() * 0)
             terms = {"kd_loss": (1 - config.dho_label_weight) * config.kd_weight * kd_terms["kd_loss"],
                      "ce_loss": config.dho_label_weight * ce}
-            text_rows = train_vectors
+            text_rows = student_train_vectors
         elif vocab is not None:
             teacher_vocab = teacher_scale * t_features @ vocab.T
             top = teacher_vocab.softmax(dim=1).mean(dim=0).topk(config.kdpl_top_k).indices
-            text_rows = vocab[top]
+            text_rows = student_vocab[top]
             terms = kd(scale * features @ text_rows.T, teacher_vocab[:, top])
         else:
-            text_rows = train_vectors
-            terms = kd(scale * features @ train_vectors.T, teacher_scale * t_features @ train_vectors.T)
+            text_rows = scored_rows
+            terms = kd(scale * features @ text_rows.T, teacher_scale * t_features @ train_vectors.T)
         if recipe != "dho":
             terms = {k: config.kd_weight * v for k, v in terms.items()}
         if feature_kd is not None:
             terms = {k: config.logit_kd_weight * v for k, v in terms.items()}
-            terms.update(feature_kd(features, t_features))
+            terms.update(feature_kd(projected, t_features))
         if ame is not None:
             terms.update(ame(features, text_rows))
         return terms
@@ -403,12 +440,13 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
             raise ValueError(f"selection {config.selection!r} needs the "
                              f"{'validation' if config.selection == 'best_val' else 'base_test'} images and labels")
         selector = ModelSelector(config.selection, lambda: accuracy_among(
-            model, held_out[0], held_out[1], vectors, classes, device))
+            model, held_out[0], held_out[1], vectors if in_teacher_space else student_vectors, classes, device))
 
     history = fit(modules, step_loss, num_images, config.optim, device, log_path=log_path, progress=progress,
-                  checkpoint_path=checkpoint_path, selector=selector)
+                  checkpoint_path=checkpoint_path, selector=selector, images=source)
     extras = {}
     if recipe == "dho" and validation is not None:
         extras["dho_mixing"] = choose_dho_mixing(model, validation[0], validation[1], classes, device)
     model.eval()
-    return DistillResult(model=model, history=history, selection=selector.summary(), extras=extras)
+    return DistillResult(model=model, history=history, selection=selector.summary(), extras=extras,
+                         scores_in_teacher_space=in_teacher_space)

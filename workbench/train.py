@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-# The embedded world's images are stored as uint8 RGB; models see them scaled to [-1, 1].
-IMAGE_MEAN = 0.5
-IMAGE_STD = 0.5
+from .image_sources import IMAGE_MEAN, IMAGE_STD, as_source, images_to_device, in_order, normalize_images  # noqa: F401
+
 OPTIMIZERS = ("adamw", "sgd")
 SELECTION_POLICIES = ("last", "best_val", "best_base_test")
 
@@ -115,34 +114,43 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def images_to_device(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC images → uint8 NCHW tensor on ``device`` (pinned first on CUDA for async copies)."""
-    tensor = torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
-def normalize_images(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW → float NCHW scaled to the models' input range."""
-    return (batch.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
-
-
 @torch.no_grad()
-def encode_images(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 512,
-                  device: torch.device | None = None) -> torch.Tensor:
-    """L2-normalised image embeddings ``(N, D)`` as float32 on the CPU."""
+def encode_source(model: nn.Module, images, batch_size: int = 512, device: torch.device | None = None
+                  ) -> tuple[torch.Tensor, np.ndarray]:
+    """``(features, kept)``: L2-normalised embeddings (float32, CPU) of the readable images and their positions.
+
+    ``images`` is a uint8 ``(N, H, W, 3)`` array or an image source (:mod:`workbench.image_sources`);
+    ``kept`` is ``0..N-1`` unless a manifest source skipped unreadable files.
+    """
     device = device or next(model.parameters()).device
+    source = as_source(images)
     was_training = model.training
     model.eval()
-    stored = images_to_device(images, device)
-    chunks = []
-    for start in range(0, len(stored), batch_size):
+    chunks, kept = [], []
+    for positions, pixels in source.batches(in_order(len(source), batch_size), device):
         with autocast(device):
-            features = model.encode_image(normalize_images(stored[start:start + batch_size]), normalize=True)
+            features = model.encode_image(pixels, normalize=True)
         chunks.append(features.float().cpu())
+        kept.append(positions.cpu().numpy())
     model.train(was_training)
-    return torch.cat(chunks)
+    if not chunks:
+        raise ValueError("no images to encode")
+    return torch.cat(chunks), np.concatenate(kept)
+
+
+def encode_images(model: nn.Module, images, batch_size: int = 512,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """L2-normalised image embeddings ``(N, D)`` as float32 on the CPU (see :func:`encode_source`).
+
+    Raises ``ValueError`` when a manifest source skipped unreadable images, so that rows never
+    silently stop matching labels; use :func:`encode_source` to get the positions kept.
+    """
+    source = as_source(images)
+    features, kept = encode_source(model, source, batch_size, device)
+    if len(kept) != len(source):
+        raise ValueError(f"{len(source) - len(kept)} unreadable images were skipped; "
+                         "use encode_source to get the positions of the rows")
+    return features
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -227,7 +235,7 @@ class ModelSelector:
 def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         num_samples: int, config: OptimConfig, device: torch.device, log_path: str | Path | None = None,
         progress: bool = False, checkpoint_path: str | Path | None = None,
-        selector: ModelSelector | None = None) -> list[dict]:
+        selector: ModelSelector | None = None, images=None) -> list[dict]:
     """Train ``modules`` by minimising the summed ``*_loss`` terms of ``step_loss``.
 
     Parameters
@@ -236,7 +244,8 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         Everything that trains; their parameters with ``requires_grad`` go to the optimiser and they
         are put in train mode for the run and back in eval mode afterwards.
     step_loss : callable
-        Maps a 1-D tensor of sample indices (on ``device``) to a dict of named scalar terms.
+        Maps a 1-D tensor of sample indices (on ``device``) to a dict of named scalar terms; called
+        as ``step_loss(indices, pixels)`` when ``images`` is given.
     num_samples : int
         Size of the index range an epoch permutes.
     config : OptimConfig
@@ -253,6 +262,10 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         log keeps exactly the records of the completed steps.
     selector : ModelSelector, optional
         Scores the modules after each epoch and restores the best epoch at the end; default: last.
+    images : image source, optional
+        Where each batch's pixels come from (:mod:`workbench.image_sources`; ``num_samples`` must be
+        its length). A manifest source decodes the epoch's batches in its loader workers while the
+        model trains; with ``on_error="skip"`` a batch's indices leave out unreadable images.
 
     Data parallel
     -------------
@@ -272,6 +285,8 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     modules = list(modules)
     if num_samples < 1:
         raise ValueError("fit needs at least one training sample")
+    if images is not None and len(images) != num_samples:
+        raise ValueError(f"num_samples={num_samples} but the image source holds {len(images)} images")
     configure_backends(device)
     rank, world_size = distributed_rank()
     selector = selector or ModelSelector("last")
@@ -306,10 +321,13 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     try:
         for epoch in range(first_epoch, config.epochs):
             permutation = torch.randperm(num_samples, generator=order).to(device)
-            for start in range(0, num_samples, config.batch_size):
-                indices = permutation[start:start + config.batch_size][rank::world_size]
+            batches = [permutation[start:start + config.batch_size][rank::world_size]
+                       for start in range(0, num_samples, config.batch_size)]
+            stream = ((indices, None) for indices in batches) if images is None else \
+                images.batches(batches, device, epoch)
+            for indices, pixels in stream:
                 with autocast(device):
-                    terms = step_loss(indices)
+                    terms = step_loss(indices) if images is None else step_loss(indices, pixels)
                 loss = sum(v for k, v in terms.items() if k.endswith("_loss"))
                 # One device-to-host copy per step carries the loss, every term and the finite check;
                 # converting each term separately would wait on the GPU once per term.

@@ -1,0 +1,354 @@
+"""What one run trains on and is evaluated on: dataset × model pair × protocol, resolved before any file is written.
+
+:func:`prepare_task` turns an :class:`workbench.experiment.ExperimentConfig` into a :class:`Task`:
+the teacher and student (the embedded pair pretrained on the embedded world, or any open_clip pair:
+name + pretrained tag, ``hf-hub:``, checkpoint file, ``local-dir:``), each side's class vectors from
+its own text tower and the dataset's prompt templates, the training images (the student's view) and
+the teacher's view of them, the labelled validation images, and the evaluation sets of the protocol.
+Every check that can fail (dataset or root missing, ``WORKBENCH_DATA`` unset, weights not on the
+machine, too few images for K shots, unknown targets) fails here, so a bad setting never leaves a
+half-written run directory behind.
+
+Datasets (``dataset``):
+
+- ``embedded_world``: the procedurally rendered world (:mod:`workbench.world`), the offline default;
+- a benchmark spec name of ``data_manifests/benchmarks/`` (``caltech101`` …), built from the user's
+  files under ``data_root`` or the spec's own root (``${WORKBENCH_DATA}/…``) into a manifest that is
+  kept under ``cache_dir/manifests``;
+- a manifest file (``.json``/``.yaml``, :func:`workbench.data.load_manifest`) or a build spec file
+  (a YAML with a ``builder``: image folder, CoOp split JSON …);
+- ``imagefolder:<dir>``: ``<dir>/train/<class>/*`` and ``<dir>/test/<class>/*`` (``val/`` optional).
+
+Protocols (``protocol``), as in CoOp / CoCoOp / PromptKD:
+
+- ``base_to_new``: train on the base classes (first half of the labels) — K labelled shots
+  (``setting: inductive``) or every training image unlabelled (``transductive``); test on base and
+  new classes, each scored among its own classes, and report their harmonic mean;
+- ``cross_dataset`` / ``domain_generalization``: train on all classes of the source, then evaluate
+  zero-shot on each target's test split among the target's own classes (ImageNet-A and -R carry
+  their 200-class subsets in their manifests); targets default to ``data_manifests/evaluation_sets.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+EMBEDDED_WORLD = "embedded_world"
+PROTOCOLS = ("base_to_new", "cross_dataset", "domain_generalization")
+IMAGEFOLDER = "imagefolder:"
+ON_ERROR = ("error", "skip")
+
+
+@dataclass
+class EvalSet:
+    """One labelled test set and how each model sees it."""
+
+    name: str  # dataset name
+    student_images: object  # image source in the student's eval view
+    teacher_images: object  # the same images in the teacher's eval view
+    labels: np.ndarray  # class of each image
+    class_names: list[str]
+    teacher_vectors: torch.Tensor  # (C, Dt) the teacher's class vectors
+    student_vectors: torch.Tensor | None  # (C, Ds) the student's own; None: shared text tower
+    base: np.ndarray | None = None  # base classes (base-to-new); None: accuracy over all classes
+    new: np.ndarray | None = None
+    true_ambiguity: np.ndarray | None = None  # the embedded world's ground truth
+    thumbnails: object = None  # sequence of uint8 images, row i = image i
+
+
+@dataclass
+class Task:
+    """Everything a run needs, resolved and checked."""
+
+    dataset: str  # the dataset's name
+    protocol: str
+    teacher: nn.Module
+    student: nn.Module  # a fresh copy: training changes it
+    class_names: list[str]  # training dataset's classes
+    teacher_vectors: torch.Tensor  # (C, Dt)
+    student_vectors: torch.Tensor | None  # (C, Ds); None: the pair shares its text tower
+    train_images: object  # image source, the student's (possibly augmented) view
+    teacher_train_images: object  # the teacher's un-augmented view of the same images
+    train_labels: np.ndarray  # class or -1 (unlabelled)
+    train_classes: np.ndarray  # classes training sees
+    validation: tuple  # (image source, labels) of held-out labelled training-class images
+    base_test: tuple | None  # (image source, labels) of the base classes' test images
+    evaluations: list[EvalSet]  # the dataset's own test split first, then transfer targets
+    description: dict = field(default_factory=dict)  # what dataset.json records
+
+
+# ----------------------------------------------------------------------------- datasets
+def resolve_dataset(ref: str, data_root: str = "", manifest_dir: str | os.PathLike | None = None):
+    """A validated :class:`workbench.data.Manifest` for a dataset reference (see the module docstring)."""
+    from . import data
+
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"dataset must be a non-empty string, got {ref!r}")
+    if ref.startswith(IMAGEFOLDER):
+        root = Path(os.path.expandvars(os.path.expanduser(ref[len(IMAGEFOLDER):] or data_root)))
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset {ref!r}: image folder {root} not found")
+        splits = {s: s for s in ("train", "val", "test") if (root / s).is_dir()}
+        missing = [s for s in ("train", "test") if s not in splits]
+        if missing:
+            raise FileNotFoundError(f"dataset {ref!r}: {root} needs sub-folders train/ and test/ of class folders "
+                                    f"(missing: {', '.join(missing)})")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "imagefolder"
+        return data.from_image_folder(root, name=name, splits=splits)
+    if ref.endswith((".json", ".yaml", ".yml")):
+        path = Path(ref)
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file {path} not found")
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and "builder" in doc:
+            return data.build_from_spec(path, root=data_root or None)
+        return data.load_manifest(path, image_root=data_root or None)
+    if ref not in data.list_specs():
+        raise ValueError(f"unknown dataset {ref!r}: not '{EMBEDDED_WORLD}', a benchmark spec "
+                         f"({', '.join(data.list_specs())}), a manifest/spec file or '{IMAGEFOLDER}<dir>'")
+    spec = data.load_spec(ref)
+    root = data_root or spec["root"]
+    if manifest_dir is not None:
+        key = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+        cached = Path(manifest_dir) / f"{ref}-{key}.json"
+        if cached.is_file():
+            return data.load_manifest(cached)
+        return data.build_from_spec(ref, root=root, out=cached)
+    return data.build_from_spec(ref, root=root)
+
+
+def _check_splits(manifest, needed=("train", "test")) -> None:
+    missing = [s for s in needed if s not in manifest.splits]
+    if missing:
+        raise ValueError(f"dataset '{manifest.name}' ({manifest.origin}) has no split {', '.join(map(repr, missing))}; "
+                         f"it has {sorted(manifest.splits)}")
+    if not manifest.root().is_dir():
+        raise FileNotFoundError(f"image root {manifest.root()} of dataset '{manifest.name}' ({manifest.origin}) is not "
+                                "a folder; set data_root (or WORKBENCH_DATA) to where the images are")
+
+
+# ----------------------------------------------------------------------------- protocol splits
+def _training_split(labels: np.ndarray, train_classes, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train positions, their labels or -1, validation positions)`` of a labelled training split."""
+    from .protocol import few_shot_indices
+
+    shots = few_shot_indices(labels, config.shots, config.seed, classes=train_classes)
+    validation = few_shot_indices(labels, config.val_per_class, config.seed, classes=train_classes, exclude=shots)
+    if config.setting == "inductive":
+        return shots, labels[shots], validation
+    # PromptKD's setting: every training image of every class, unlabelled except the K shots.
+    train_labels = np.full(len(labels), -1, dtype=np.int64)
+    train_labels[shots] = labels[shots]
+    return np.arange(len(labels)), train_labels, validation
+
+
+# ----------------------------------------------------------------------------- the embedded world
+@functools.lru_cache(maxsize=4)
+def _embedded_setup(preset_name: str, cache_dir: str, device: str) -> dict:
+    """World, pretrained teacher and student, class vectors: built or loaded once per process and preset.
+
+    Runs of a sweep executed in one process share them (the student is copied per run).
+    """
+    from . import models, world, zoo
+    from .presets import QuickstartConfig
+
+    preset = QuickstartConfig.load(preset_name)
+    device = torch.device(device)
+    cache = Path(cache_dir)
+    spec = world.load_world_spec()
+    splits = world.build_world(spec, cache / "world", seed=preset.world_seed, sizes=preset.world_sizes)
+    world_id = f"{spec.fingerprint()}-seed{preset.world_seed}-pretrain{preset.world_sizes['pretrain']}"
+    teacher, tokenizer, _ = zoo.load_or_pretrain(preset.teacher, splits["pretrain"], world_id, cache / "zoo", device)
+    student, _, _ = zoo.load_or_pretrain(preset.student, splits["pretrain"], world_id, cache / "zoo", device)
+    class_vectors = models.build_class_vectors(teacher, tokenizer, spec.class_names, spec.prompt_templates,
+                                               device=device)
+    return {"spec": spec, "splits": splits, "teacher": teacher, "tokenizer": tokenizer, "student": student,
+            "class_vectors": class_vectors, "preset": preset}
+
+
+def _embedded_task(config, device: torch.device) -> Task:
+    from . import protocol
+    from .image_sources import ArrayImages
+
+    if config.protocol != "base_to_new":
+        raise ValueError(f"protocol {config.protocol!r} needs target datasets; the embedded world has one class "
+                         "vocabulary and no shifted domains yet, so it runs 'base_to_new' only")
+    if config.augment:
+        raise ValueError("augment: the embedded world's images are rendered with their nuisance factors already; "
+                         "augmentation applies to manifest datasets")
+    setup = _embedded_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device))
+    spec, splits, vectors = setup["spec"], setup["splits"], setup["class_vectors"]
+    base, new = protocol.base_new_split(len(spec.class_names))
+    train, test = splits["train"], splits["test"]
+    positions, train_labels, validation = _training_split(train.labels, base, config)
+    train_images = ArrayImages(train.images[positions])
+    test_images = ArrayImages(test.images)
+    base_mask = np.isin(test.labels, base)
+    evaluation = EvalSet(EMBEDDED_WORLD, test_images, test_images, np.asarray(test.labels), list(spec.class_names),
+                         vectors, None, base, new, np.asarray(test.ambiguity), test.images)
+    return Task(EMBEDDED_WORLD, config.protocol, setup["teacher"], copy.deepcopy(setup["student"]),
+                list(spec.class_names), vectors, None, train_images, train_images, train_labels, base,
+                (ArrayImages(train.images[validation]), train.labels[validation]),
+                (ArrayImages(test.images[base_mask]), test.labels[base_mask]), [evaluation],
+                {"kind": EMBEDDED_WORLD, "name": EMBEDDED_WORLD, "preset": config.preset,
+                 "world_seed": setup["preset"].world_seed, "cache_dir": str(Path(config.cache_dir).resolve()),
+                 "class_names": list(spec.class_names)})
+
+
+# ----------------------------------------------------------------------------- manifests and open_clip pairs
+def _load_pair(config, device: torch.device) -> dict:
+    """``{side: (model, tokenizer)}``; the embedded pair comes from the zoo (pretrained on the world)."""
+    from . import models
+
+    pair = models.load_model_pair(config.model_pair, config.teacher, config.student)
+    if pair["teacher"]["name"] in models.list_embedded_models():
+        setup = _embedded_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device))
+        return {"teacher": (setup["teacher"], setup["tokenizer"]),
+                "student": (copy.deepcopy(setup["student"]), setup["tokenizer"]), "refs": pair}
+    loaded = {side: models.load_model(ref["name"], ref.get("pretrained"), device=device)
+              for side, ref in pair.items()}
+    return {"teacher": (loaded["teacher"].model, loaded["teacher"].tokenizer),
+            "student": (loaded["student"].model, loaded["student"].tokenizer), "refs": pair}
+
+
+def _class_vectors(model, tokenizer, identity: str, class_names, templates, cache_dir, device) -> torch.Tensor:
+    """Class vectors of ``model``'s text tower, memoised on disk by (weights, names, templates)."""
+    from .models import build_class_vectors
+
+    key = hashlib.sha256(repr((identity, list(class_names), list(templates))).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"class-vectors-{key}.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        return load_file(str(path))["class_vectors"]
+    vectors = build_class_vectors(model, tokenizer, class_names, templates, device=device).float().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file({"class_vectors": vectors.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+    return vectors
+
+
+def _manifest_task(config, device: torch.device) -> Task:
+    from . import data, models
+    from .cache import model_fingerprint
+    from .protocol import base_new_split
+    from .image_sources import ManifestImages
+
+    if config.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {config.protocol!r}; valid names: {', '.join(PROTOCOLS)}")
+    cache = Path(config.cache_dir)
+    manifest = resolve_dataset(config.dataset, config.data_root, cache / "manifests")
+    _check_splits(manifest)
+    targets = []
+    if config.protocol != "base_to_new":
+        names = list(config.targets) or list(data.evaluation_sets(config.protocol).targets)
+        targets = [resolve_dataset(name, "", cache / "manifests") for name in names]
+        for target in targets:
+            _check_splits(target, ("test",))
+    pair = _load_pair(config, device)
+    teacher, teacher_tok = pair["teacher"]
+    student, student_tok = pair["student"]
+    fingerprints = {side: model_fingerprint(pair[side][0]) for side in ("teacher", "student")}
+    vector_dir = cache / "class_vectors"
+
+    def vectors(side, names, templates):
+        model, tokenizer = pair[side]
+        return _class_vectors(model, tokenizer, fingerprints[side], names, templates, vector_dir, device)
+
+    t_train, t_eval = models.image_transforms(teacher)
+    s_train, s_eval = models.image_transforms(student)
+    t_cfg, s_cfg = models.preprocess_cfg(teacher), models.preprocess_cfg(student)
+    common = dict(workers=config.workers, seed=config.seed, on_error=config.on_error)
+
+    def student_view(m, split, positions=None, augmented=False):
+        return ManifestImages(m, split, positions, s_train if augmented else s_eval, augmented=augmented,
+                              preprocess_cfg=s_cfg, **common)
+
+    def teacher_view(m, split, positions=None):
+        return ManifestImages(m, split, positions, t_eval, preprocess_cfg=t_cfg, **common)
+
+    labels = manifest.split("train").labels
+    if config.protocol == "base_to_new":
+        base, new = base_new_split(manifest.num_classes)
+        train_classes = base
+    else:
+        base = new = None
+        train_classes = np.arange(manifest.num_classes)
+    try:
+        positions, train_labels, validation = _training_split(labels, train_classes, config)
+    except ValueError as err:
+        raise ValueError(f"dataset '{manifest.name}': {err}") from None
+    train_images = student_view(manifest, "train", positions, augmented=config.augment)
+    teacher_train = None if config.augment else teacher_view(manifest, "train", positions)
+    teacher_vectors = vectors("teacher", manifest.classnames, manifest.templates)
+    student_vectors = vectors("student", manifest.classnames, manifest.templates)
+
+    test_labels = manifest.split("test").labels
+    evaluations = [EvalSet(manifest.name, student_view(manifest, "test"), teacher_view(manifest, "test"), test_labels,
+                           list(manifest.classnames), teacher_vectors, student_vectors, base, new, None,
+                           ManifestImages(manifest, "test").thumbnails())]
+    for target in targets:
+        evaluations.append(EvalSet(
+            target.name, student_view(target, "test"), teacher_view(target, "test"), target.split("test").labels,
+            list(target.classnames), vectors("teacher", target.classnames, target.templates),
+            vectors("student", target.classnames, target.templates), thumbnails=ManifestImages(target, "test").thumbnails()))
+    base_test = None
+    if base is not None:
+        where = np.flatnonzero(np.isin(test_labels, base))
+        base_test = (student_view(manifest, "test", where), test_labels[where])
+    description = {"kind": "manifest", "name": manifest.name, "origin": str(manifest.origin),
+                   "image_root": str(manifest.root()), "splits_sha256": manifest.checksum,
+                   "class_names": list(manifest.classnames), "templates": list(manifest.templates),
+                   "test_paths": list(manifest.split("test").paths), "pair": pair["refs"],
+                   "targets": [t.name for t in targets], "augment": bool(config.augment)}
+    return Task(manifest.name, config.protocol, teacher, student, list(manifest.classnames), teacher_vectors,
+                student_vectors, train_images, teacher_train, np.asarray(train_labels), np.asarray(train_classes),
+                (student_view(manifest, "train", validation), labels[validation]), base_test, evaluations,
+                description)
+
+
+def prepare_task(config, device: torch.device) -> Task:
+    """Resolve and check ``config``'s dataset, model pair and protocol (see the module docstring)."""
+    if config.dataset == EMBEDDED_WORLD:
+        if (config.model_pair, config.teacher, config.student) != ("embedded", None, None):
+            raise ValueError("the embedded world runs with the embedded pair (model_pair: embedded); other pairs "
+                             "need a dataset of image files (a benchmark spec, a manifest or imagefolder:<dir>)")
+        return _embedded_task(config, device)
+    return _manifest_task(config, device)
+
+
+def run_images(run_dir: str | os.PathLike):
+    """The test images of a finished run (row ``i`` = sample ``i`` of its ``samples.csv``), for galleries.
+
+    Read from ``dataset.json``: the embedded world's test split from its cache, or a manifest's image
+    files (loaded lazily, one thumbnail at a time).
+    """
+    from .image_sources import FileThumbnails
+    from .runs import read_json
+
+    run_dir = Path(run_dir)
+    path = next((p for p in (run_dir / "dataset.json", run_dir / "experiment" / "dataset.json") if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} holds no dataset.json (written by workbench.experiment.run_experiment)")
+    info = read_json(path)
+    if info["kind"] == EMBEDDED_WORLD:
+        from . import world
+        from .presets import QuickstartConfig
+
+        preset = QuickstartConfig.load(info["preset"])
+        spec = world.load_world_spec()
+        return world.build_world(spec, Path(info["cache_dir"]) / "world", seed=info["world_seed"],
+                                 sizes=preset.world_sizes)["test"].images
+    return FileThumbnails(info["image_root"], info["test_paths"])
