@@ -39,9 +39,17 @@ def train(args: argparse.Namespace) -> Path:
     metrics = run_experiment(config, run_dir, resume=args.resume, progress=True)
     if distributed_rank()[0] != 0:
         return run_dir
-    print(f"base {100 * metrics['base_acc']:.1f}  new {100 * metrics['new_acc']:.1f}  HM {100 * metrics['hm']:.1f}")
+    print(result_line(metrics))
     print(f"run directory: {run_dir}")
     return run_dir
+
+
+def result_line(metrics: dict) -> str:
+    """One line of a run's headline numbers: base / new / HM, or source and target accuracy."""
+    if "hm" in metrics:
+        return f"base {100 * metrics['base_acc']:.1f}  new {100 * metrics['new_acc']:.1f}  HM {100 * metrics['hm']:.1f}"
+    targets = "  ".join(f"{name} {100 * value:.1f}" for name, value in metrics.get("targets", {}).items())
+    return f"source accuracy {100 * metrics['accuracy']:.1f}  targets: {targets}  mean {100 * metrics['target_mean']:.1f}"
 
 
 def analyze(args: argparse.Namespace) -> dict:

@@ -808,8 +808,10 @@ def analyze_predictions(student_logits, labels, image_features, class_vectors, t
     metrics.update({f"calibration/{k}": v for k, v in calibration_metrics(student_logits, labels).items()})
     metrics.update({f"alignment/{k}": v for k, v in alignment_metrics(image_features, labels, class_vectors).items()})
     metrics["entropy/mean"] = float(np.mean(table["entropy"]))
-    if teacher_features is not None:
-        metrics["alignment/knn_agreement_teacher"] = knn_agreement(teacher_features, image_features)
+    if teacher_features is not None and len(table["entropy"]) > 1:
+        # k = 10 neighbours, or every other sample of a smaller set (a tiny transfer target)
+        metrics["alignment/knn_agreement_teacher"] = knn_agreement(teacher_features, image_features,
+                                                                   k=min(10, len(table["entropy"]) - 1))
     if true_ambiguity is not None:
         table["true_ambiguity"] = np.asarray(true_ambiguity, dtype=np.float64)
         agreement = ambiguity_agreement(table["ambiguity_score"], true_ambiguity)

@@ -562,7 +562,9 @@ def from_image_folder(root, *, name: str, splits: Mapping[str, str] | None = Non
             raise ManifestError("from_image_folder: folder_labels='int' needs classnames=[...] (by label)")
         names = list(folders)
     elif isinstance(classnames, Mapping):
-        unknown = [f for f in folders if f not in classnames]
+        # "int" folders are labels into the mapping's order (ImageNet-V2: 0..999 in classnames.txt order).
+        unknown = [f for f in folders if f not in classnames] if folder_labels == "sorted" else \
+            [f for f in folders if int(f) >= len(classnames)]
         if unknown:
             raise ManifestError(f"from_image_folder: class folders {unknown[:3]} have no entry in the class "
                                 "names mapping")

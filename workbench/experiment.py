@@ -306,7 +306,8 @@ def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, 
 
     This is what ``notebooks/run_experiment.ipynb`` executes and what a pipeline with
     ``in_process: true`` calls directly. Settings whose value is ``None`` keep the config's value;
-    ``smoke`` switches to the smoke preset and one epoch. The run goes to ``run_dir/experiment`` (an
+    ``smoke`` switches to the smoke preset and one epoch, and on a dataset of image files to the embedded
+    model pair (its stand-in for open_clip models whose weights a CPU machine lacks). The run goes to ``run_dir/experiment`` (an
     interrupted run with the same config resumes from its checkpoint) and its metrics, with the
     wall time, to ``run_dir/metrics.json`` where the pipeline's index finds them.
     """
@@ -319,6 +320,10 @@ def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, 
     if smoke:
         settings.update(preset="smoke", epochs=1)
     experiment = experiment_config(config or None, **settings)
+    if smoke and experiment.dataset != EMBEDDED_WORLD:
+        # Image files with the embedded pair: the whole real-data path on a CPU, without downloaded weights.
+        experiment = dataclasses.replace(experiment, model_pair="embedded", teacher=None, student=None, workers=0,
+                                         device="auto")
     run_path = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=overwrite_run_dir)
     target = run_path / "experiment"
     previous = target / "config.json"

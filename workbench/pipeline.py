@@ -748,11 +748,7 @@ def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | 
             write_json(run_dir / "parameters.json", {"notebook": run.notebook.name, "in_process": True,
                                                      "parameters": run.parameters})
             write_json(run_dir / "environment.json", environment_info())
-            parameters = {k: v for k, v in run.parameters.items() if k not in ("dataset", "model_pair")}
-            if (run.parameters.get("dataset", "embedded_world"), run.parameters.get("model_pair", "embedded")) != (
-                    "embedded_world", "embedded"):
-                raise NotImplementedError("workbench.experiment runs the embedded world with the embedded pair only")
-            run_step(run_dir, overwrite_run_dir=True, **parameters)
+            run_step(run_dir, overwrite_run_dir=True, **run.parameters)
         else:
             run_notebook(run.notebook, run_dir, run.parameters, overwrite=True, progress=False,
                          execution_timeout=cell_timeout)

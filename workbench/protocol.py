@@ -38,7 +38,7 @@ def base_new_split(num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(n_base, dtype=np.int64), np.arange(n_base, num_classes, dtype=np.int64)
 
 
-def few_shot_indices(labels, shots: int, seed: int, classes=None, exclude=None) -> np.ndarray:
+def few_shot_indices(labels, shots: int, seed: int, classes=None, exclude=None, class_names=None) -> np.ndarray:
     """Pick ``shots`` sample indices per class, without replacement, deterministically.
 
     Each class draws from its own generator seeded by ``(seed, class)``, so the samples chosen
@@ -57,6 +57,8 @@ def few_shot_indices(labels, shots: int, seed: int, classes=None, exclude=None) 
         Classes to sample from; default all classes present in ``labels``.
     exclude : array-like of int, optional
         Sample indices that may not be drawn (e.g. the training shots, when drawing a validation set).
+    class_names : sequence of str, optional
+        Names by label, for the message when a class is too small.
 
     Returns
     -------
@@ -80,8 +82,9 @@ def few_shot_indices(labels, shots: int, seed: int, classes=None, exclude=None) 
             raise ValueError(f"class labels must be non-negative, got {c}")
         members = np.flatnonzero((labels == c) & allowed)
         if len(members) < shots:
+            named = f" ({class_names[c]!r})" if class_names is not None and c < len(class_names) else ""
             raise ValueError(
-                f"class {c} has only {len(members)} samples{' left' if exclude is not None else ''}, "
+                f"class {c}{named} has only {len(members)} samples{' left' if exclude is not None else ''}, "
                 f"fewer than shots={shots}"
             )
         rng = np.random.default_rng([int(seed), int(c)])

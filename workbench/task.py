@@ -82,7 +82,7 @@ class Task:
     teacher_train_images: object  # the teacher's un-augmented view of the same images
     train_labels: np.ndarray  # class or -1 (unlabelled)
     train_classes: np.ndarray  # classes training sees
-    validation: tuple  # (image source, labels) of held-out labelled training-class images
+    validation: tuple | None  # (image source, labels) of held-out labelled training-class images; None: none left
     base_test: tuple | None  # (image source, labels) of the base classes' test images
     evaluations: list[EvalSet]  # the dataset's own test split first, then transfer targets
     description: dict = field(default_factory=dict)  # what dataset.json records
@@ -139,12 +139,20 @@ def _check_splits(manifest, needed=("train", "test")) -> None:
 
 
 # ----------------------------------------------------------------------------- protocol splits
-def _training_split(labels: np.ndarray, train_classes, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(train positions, their labels or -1, validation positions)`` of a labelled training split."""
+def _training_split(labels: np.ndarray, train_classes, config, class_names=None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train positions, their labels or -1, validation positions)`` of a labelled training split.
+
+    Validation takes ``val_per_class`` images per training class outside the shots, or as many as
+    the smallest class has left (none when a class has no image to spare).
+    """
     from .protocol import few_shot_indices
 
-    shots = few_shot_indices(labels, config.shots, config.seed, classes=train_classes)
-    validation = few_shot_indices(labels, config.val_per_class, config.seed, classes=train_classes, exclude=shots)
+    shots = few_shot_indices(labels, config.shots, config.seed, classes=train_classes, class_names=class_names)
+    left = np.bincount(np.delete(labels, shots), minlength=int(labels.max()) + 1)[np.asarray(train_classes)]
+    per_class = min(config.val_per_class, int(left.min()) if len(left) else 0)
+    validation = few_shot_indices(labels, per_class, config.seed, classes=train_classes, exclude=shots) \
+        if per_class else np.empty(0, dtype=np.int64)
     if config.setting == "inductive":
         return shots, labels[shots], validation
     # PromptKD's setting: every training image of every class, unlabelled except the K shots.
@@ -287,7 +295,7 @@ def _manifest_task(config, device: torch.device) -> Task:
         base = new = None
         train_classes = np.arange(manifest.num_classes)
     try:
-        positions, train_labels, validation = _training_split(labels, train_classes, config)
+        positions, train_labels, validation = _training_split(labels, train_classes, config, manifest.classnames)
     except ValueError as err:
         raise ValueError(f"dataset '{manifest.name}': {err}") from None
     train_images = student_view(manifest, "train", positions, augmented=config.augment)
@@ -315,7 +323,8 @@ def _manifest_task(config, device: torch.device) -> Task:
                    "targets": [t.name for t in targets], "augment": bool(config.augment)}
     return Task(manifest.name, config.protocol, teacher, student, list(manifest.classnames), teacher_vectors,
                 student_vectors, train_images, teacher_train, np.asarray(train_labels), np.asarray(train_classes),
-                (student_view(manifest, "train", validation), labels[validation]), base_test, evaluations,
+                (student_view(manifest, "train", validation), labels[validation]) if len(validation) else None,
+                base_test, evaluations,
                 description)
 
 
