@@ -312,3 +312,40 @@ def test_benchmark_11_runs_in_smoke_mode_on_stand_ins(tmp_path, monkeypatch):
     result = pipeline.run_pipeline(single, only_index=0, progress=False)
     assert [s["status"] for s in result.executed.values()] == ["done"], result.summary()
     assert json.loads(next(notebook_out.glob("*/metrics.json")).read_text())["dataset"] == "imagenet"
+
+
+def test_cli_train_takes_dataset_and_pair_settings(image_folder, tiny_pair, tmp_path, capsys):
+    from workbench.__main__ import main
+
+    teacher = tiny_pair["teacher"]
+    args = ["train", "--config", "configs/logit_kd.yaml", "--run-dir", str(tmp_path / "run"),
+            "--set", f"dataset=imagefolder:{image_folder}", "--set", "model_pair=vit-l14_to_vit-b16",
+            "--set", f"teacher={{name: {teacher['name']}, pretrained: {teacher['pretrained']}}}",
+            "--set", f"student={tiny_pair['student']}", "--set", "shots=2", "--set", "epochs=1", "--set", "workers=0",
+            "--set", "device=cpu", "--set", f"cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "HM" in printed and str(tmp_path / "run") in printed
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["dataset"] == f"imagefolder:{image_folder}" and config["teacher"] == teacher
+
+
+def test_domain_generalization_on_imagenet_stand_ins_scores_a_and_r_among_their_subsets(tmp_path, monkeypatch):
+    from workbench import stand_ins
+    from workbench.experiment import run_step
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
+    for name in ("imagenet", *data.evaluation_sets("domain_generalization").targets):
+        stand_ins.write_stand_in(name, tmp_path / "data", classes=6)
+    metrics = run_step(tmp_path / "run", config="configs/logit_kd.yaml", smoke=True, dataset="imagenet",
+                       protocol="domain_generalization", shots=1, cache_dir=str(tmp_path / "cache"))
+    assert set(metrics["targets"]) == {"imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
+    assert metrics["target_mean"] == pytest.approx(np.mean(list(metrics["targets"].values())))
+    recorded = json.loads((tmp_path / "run" / "experiment" / "dataset.json").read_text())
+    assert recorded["name"] == "imagenet" and len(recorded["class_names"]) == 6
+    config = experiment_config("configs/logit_kd.yaml", dataset="imagenet", protocol="domain_generalization",
+                               shots=1, preset="smoke", cache_dir=str(tmp_path / "cache"), workers=0)
+    prepared = task.prepare_task(config, torch.device("cpu"))
+    classes = {ev.name: (len(ev.class_names), ev.teacher_vectors.shape[0]) for ev in prepared.evaluations}
+    assert classes == {"imagenet": (6, 6), "imagenet_v2": (6, 6), "imagenet_sketch": (6, 6),
+                       "imagenet_a": (3, 3), "imagenet_r": (3, 3)}
