@@ -468,18 +468,29 @@ def embedded_open_clip_config(name: str) -> dict:
 def cached_class_vectors(loaded: LoadedModel, class_names: Sequence[str], templates: Sequence[str],
                          cache_dir: str | os.PathLike | None, device: torch.device | str = "cpu") -> torch.Tensor:
     """:func:`build_class_vectors`, memoised on disk by (model, pretrained, class names, templates)."""
+    return class_vectors_on_disk(loaded.model, loaded.tokenizer, loaded.identity, class_names, templates, cache_dir,
+                                 device=device)
+
+
+def class_vectors_on_disk(model: nn.Module, tokenizer, identity: str, class_names: Sequence[str],
+                          templates: Sequence[str], cache_dir: str | os.PathLike | None,
+                          device: torch.device | str = "cpu") -> torch.Tensor:
+    """:func:`build_class_vectors` of ``model``, stored under ``cache_dir`` by (``identity``, names, templates).
+
+    ``identity`` must change whenever the text tower's weights do (a weight fingerprint, or name|tag).
+    """
     import hashlib
 
     if cache_dir is None:
-        return build_class_vectors(loaded.model, loaded.tokenizer, class_names, templates, device=device)
-    key = hashlib.sha256(json.dumps([loaded.identity, list(class_names), list(templates)]).encode()).hexdigest()[:16]
+        return build_class_vectors(model, tokenizer, class_names, templates, device=device)
+    key = hashlib.sha256(json.dumps([identity, list(class_names), list(templates)]).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"class-vectors-{key}.safetensors"
     from safetensors.torch import load_file, save_file
     if path.is_file():
         return load_file(str(path))["class_vectors"]
-    vectors = build_class_vectors(loaded.model, loaded.tokenizer, class_names, templates, device=device)
+    vectors = build_class_vectors(model, tokenizer, class_names, templates, device=device).float().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent writers never share a temporary file
     save_file({"class_vectors": vectors.contiguous()}, str(tmp))
     os.replace(tmp, path)
     return vectors

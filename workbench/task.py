@@ -230,24 +230,6 @@ def _load_pair(config, device: torch.device) -> dict:
             "student": (loaded["student"].model, loaded["student"].tokenizer), "refs": pair}
 
 
-def _class_vectors(model, tokenizer, identity: str, class_names, templates, cache_dir, device) -> torch.Tensor:
-    """Class vectors of ``model``'s text tower, memoised on disk by (weights, names, templates)."""
-    from .models import build_class_vectors
-
-    key = hashlib.sha256(repr((identity, list(class_names), list(templates))).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"class-vectors-{key}.safetensors"
-    from safetensors.torch import load_file, save_file
-
-    if path.is_file():
-        return load_file(str(path))["class_vectors"]
-    vectors = build_class_vectors(model, tokenizer, class_names, templates, device=device).float().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({"class_vectors": vectors.contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return vectors
-
-
 def _manifest_task(config, device: torch.device) -> Task:
     from . import data, models
     from .cache import model_fingerprint
@@ -273,7 +255,7 @@ def _manifest_task(config, device: torch.device) -> Task:
 
     def vectors(side, names, templates):
         model, tokenizer = pair[side]
-        return _class_vectors(model, tokenizer, fingerprints[side], names, templates, vector_dir, device)
+        return models.class_vectors_on_disk(model, tokenizer, fingerprints[side], names, templates, vector_dir, device)
 
     t_train, t_eval = models.image_transforms(teacher)
     s_train, s_eval = models.image_transforms(student)
