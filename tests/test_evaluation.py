@@ -31,7 +31,7 @@ def test_zero_shot_on_a_manifest_in_one_call(tmp_path, student_and_tokenizer):
     assert all(0 <= result[k] <= 1 for k in ("base_acc", "new_acc", "hm", "accuracy"))
     assert list((tmp_path / "cache").glob("class-vectors-*.safetensors"))
     # The same numbers as encoding the images by hand with the same model.
-    images = torch.stack([data.ManifestDataset(manifest, "test", transform=models._embedded_preprocess())[i][0]
+    images = torch.stack([data.ManifestDataset(manifest, "test", transform=models.image_transforms(model)[1])[i][0]
                           for i in range(12)])
     labels = torch.tensor([data.ManifestDataset(manifest, "test")[i][1] for i in range(12)])
     vectors = models.build_class_vectors(model, student_and_tokenizer[1], classes, manifest.templates)

@@ -83,7 +83,7 @@ def tutorial_run(tmp_path_factory, smoke_cache):
 @pytest.fixture(scope="module")
 def benchmark_recipe_run(tmp_path_factory, smoke_cache):
     return execute("05_real_benchmark_recipe.ipynb", tmp_path_factory.mktemp("benchmark") / "run",
-                   {"cache_dir": smoke_cache})
+                   {"cache_dir": smoke_cache, "method": "pca"})
 
 
 # ----------------------------------------------------------------------------- 00 quickstart
@@ -294,16 +294,43 @@ def test_tutorial_demonstrates_what_it_claims(tutorial_run):
 
 
 # ----------------------------------------------------------------------------- 05 benchmark recipe
-def test_benchmark_recipe_runs_every_step_on_the_tiny_dataset(benchmark_recipe_run):
+def test_benchmark_recipe_builds_manifests_from_stand_ins_and_scores_zero_shot(benchmark_recipe_run):
     from workbench import data
 
     metrics = read_json(benchmark_recipe_run / "metrics.json")
-    manifest = data.load_manifest(benchmark_recipe_run / "manifests" / "tiny_world.json")
-    assert manifest.num_classes == 4 and len(manifest.split("train")) == len(manifest.split("test")) == 32
-    assert set(metrics["zero_shot"]) == {"tiny_world: teacher", "tiny_world: student"}
+    for name in ("caltech101", "eurosat"):  # stand-ins in the layout the real datasets have, under WORKBENCH_DATA
+        manifest = data.load_manifest(benchmark_recipe_run / "manifests" / f"{name}.json")
+        assert manifest.image_root.startswith("${WORKBENCH_DATA}"), name
+        assert manifest.num_classes == 10 and len(manifest.split("test")) == 40, name
+    assert set(metrics["zero_shot"]) == {f"{d}: {side}" for d in ("caltech101", "eurosat")
+                                         for side in ("teacher", "student")}
     for result in metrics["zero_shot"].values():
         assert 0 <= result["hm"] <= 1 and result["skipped_images"] == 0
-    assert metrics["sweep"]["runs"] == 132
+    assert metrics["sweep"]["runs"] == 132 and metrics["sweep"]["states"] == {"missing": 132}
+
+
+def test_benchmark_recipe_trains_and_explores_a_run_on_the_stand_in_images(benchmark_recipe_run):
+    from pathlib import Path
+
+    metrics = read_json(benchmark_recipe_run / "metrics.json")
+    run = metrics["run"]
+    experiment = benchmark_recipe_run / "distill" / "experiment"
+    assert run["dataset"] == "caltech101" and Path(run["dir"]).resolve() == experiment.resolve()
+    assert all(0 <= run[k] <= 1 for k in ("base_acc", "new_acc", "hm")) and run["steps"] > 0
+    assert run["skipped_images"] == 0
+    for file in ("config.json", "dataset.json", "train.jsonl", "student.safetensors", "samples.csv", "embeddings.npz"):
+        assert (experiment / file).is_file(), file
+    assert read_json(experiment / "config.json")["distill"]["ame_weight"] == 50.0
+    dataset = read_json(experiment / "dataset.json")
+    stand_ins = (benchmark_recipe_run / "stand_ins").resolve()
+    assert dataset["kind"] == "manifest" and Path(dataset["image_root"]).resolve().is_relative_to(stand_ins)
+    executed = notebook_cells(benchmark_recipe_run / "05_real_benchmark_recipe.ipynb")
+    views = [o for c in executed if c["cell_type"] == "code" for o in c["outputs"]
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+             and "VBox" in "".join(o["data"].get("text/plain", ""))]
+    assert views, "the explorer cell displayed no widget"
+    assert len(metrics["gallery_rows"]) == 12 and all(0 <= i < 40 for i in metrics["gallery_rows"])
+    assert is_self_contained_html(benchmark_recipe_run / "ambiguity_gallery.html")
 
 
 # ----------------------------------------------------------------------------- nbval
@@ -323,7 +350,7 @@ def nbval_parameters(name: str, runs: dict, cache: str, tmp_path):
         return {"cache_dir": cache, "run_dir": str(fresh), "sweep_dir": str(tmp_path / "nbval-sweep")}
     if name == "04_tutorial_entropy_minimization.ipynb":
         return {"cache_dir": cache, "run_dir": str(fresh), "steps": 10}
-    extra = {"shots": 4} if name == "00_quickstart.ipynb" else {}
+    extra = {"shots": 4} if name == "00_quickstart.ipynb" else {"method": "pca"} if name.startswith("05") else {}
     return {"cache_dir": cache, "run_dir": str(fresh), **extra}
 
 

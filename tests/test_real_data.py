@@ -235,6 +235,8 @@ def test_a_table_manifest_and_unreadable_images_follow_the_on_error_policy(image
     assert metrics["skipped_images"] == 1
     arrays = np.load(tmp_path / "lenient" / "embeddings.npz")
     assert len(arrays["image_index"]) == 15 and 5 not in arrays["image_index"]
+    thumbnails = task.run_images(tmp_path / "lenient")  # row i of samples.csv is image image_index[i]
+    assert len(thumbnails) == 15 and thumbnails.paths[5] == manifest.split("test").paths[6]
 
 
 @pytest.mark.parametrize("settings, message", [

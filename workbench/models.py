@@ -284,11 +284,6 @@ def _load_checkpoint_file(model: nn.Module, path: Path) -> None:
                          f"unexpected {list(unexpected)[:5]}")
 
 
-def _embedded_preprocess():
-    from torchvision import transforms
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
-
-
 def load_model(name: str, pretrained: str | None = None, device: torch.device | str = "cpu",
                cache_dir: str | None = None) -> LoadedModel:
     """Resolve any supported model reference into a ready model, preprocessing and tokenizer.
@@ -324,7 +319,8 @@ def load_model(name: str, pretrained: str | None = None, device: torch.device | 
             if not Path(pretrained).is_file():
                 raise WeightsNotFoundError(f"weights file {pretrained!r} for embedded model {name!r} not found")
             load_weights(model, pretrained)
-        return LoadedModel(model.to(device).eval(), _embedded_preprocess(), tokenizer, name, pretrained)
+        # open_clip's eval transform at the model's input size: images of any size are resized and cropped.
+        return LoadedModel(model.to(device).eval(), image_transforms(model)[1], tokenizer, name, pretrained)
 
     if name.startswith(LOCAL_DIR_SCHEMA):
         folder = Path(name[len(LOCAL_DIR_SCHEMA):])

@@ -120,7 +120,9 @@ def resolve_dataset(ref: str, data_root: str = "", manifest_dir: str | os.PathLi
     spec = data.load_spec(ref)
     root = data_root or spec["root"]
     if manifest_dir is not None:
-        key = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+        # Keyed by the expanded folder, so another $WORKBENCH_DATA never reuses this manifest.
+        key = hashlib.sha256(str(data.expand_path(root, origin=f"dataset {ref!r}", field="root")).encode()
+                             ).hexdigest()[:8]
         cached = Path(manifest_dir) / f"{ref}-{key}.json"
         if cached.is_file():
             return data.load_manifest(cached)
@@ -321,7 +323,7 @@ def prepare_task(config, device: torch.device) -> Task:
 
 
 def run_images(run_dir: str | os.PathLike):
-    """The test images of a finished run (row ``i`` = sample ``i`` of its ``samples.csv``), for galleries.
+    """The test images of a finished run (item ``i`` = row ``i`` of its ``samples.csv``), for galleries.
 
     Read from ``dataset.json``: the embedded world's test split from its cache, or a manifest's image
     files (loaded lazily, one thumbnail at a time).
@@ -334,12 +336,17 @@ def run_images(run_dir: str | os.PathLike):
     if path is None:
         raise FileNotFoundError(f"{run_dir} holds no dataset.json (written by workbench.experiment.run_experiment)")
     info = read_json(path)
+    embeddings = path.parent / "embeddings.npz"
+    kept = np.load(embeddings)["image_index"] if embeddings.is_file() and "image_index" in np.load(embeddings) \
+        else None  # rows of samples.csv: the test images that were readable
     if info["kind"] == EMBEDDED_WORLD:
         from . import world
         from .presets import QuickstartConfig
 
         preset = QuickstartConfig.load(info["preset"])
         spec = world.load_world_spec()
-        return world.build_world(spec, Path(info["cache_dir"]) / "world", seed=info["world_seed"],
-                                 sizes=preset.world_sizes)["test"].images
-    return FileThumbnails(info["image_root"], info["test_paths"])
+        images = world.build_world(spec, Path(info["cache_dir"]) / "world", seed=info["world_seed"],
+                                   sizes=preset.world_sizes)["test"].images
+        return images if kept is None else images[kept]
+    paths = info["test_paths"] if kept is None else [info["test_paths"][i] for i in kept.tolist()]
+    return FileThumbnails(info["image_root"], paths)
