@@ -46,8 +46,11 @@ def first_targets(targets: recipes.TeacherTargets, n: int) -> recipes.TeacherTar
     return recipes.TeacherTargets(features, targets.logit_scale, targets.model)
 
 
-def distill_step_seconds(student, images, targets, vectors, config: recipes.DistillConfig, device) -> float:
+def distill_step_seconds(student, images, targets, vectors, config: recipes.DistillConfig, device,
+                         **distill_kwargs) -> float:
     """Median time between consecutive optimiser steps of one ``distill`` run on a copy of ``student``.
+
+    ``distill_kwargs`` go to ``recipes.distill`` (e.g. ``student_class_vectors`` for a pair of widths).
 
     Timestamps come from a global optimiser step hook, so ``distill``'s setup (optimiser, AME
     projections, prompts) and the first step's one-off costs do not count, and the median ignores
@@ -62,9 +65,10 @@ def distill_step_seconds(student, images, targets, vectors, config: recipes.Dist
 
     handle = register_optimizer_step_post_hook(stamp)
     try:
-        recipes.distill(copy.deepcopy(student), images, targets, vectors, config, device)
+        recipes.distill(copy.deepcopy(student), images, targets, vectors, config, device, **distill_kwargs)
     finally:
         handle.remove()
     if len(stamps) < 3:
-        raise ValueError(f"need at least 3 steps per measurement, got {len(stamps)}: raise --images or --epochs")
+        raise ValueError(f"need at least 3 steps per measurement, got {len(stamps)}: raise --images, --epochs "
+                         "or --steps")
     return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))

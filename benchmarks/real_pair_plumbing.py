@@ -28,13 +28,13 @@ interval between optimiser steps (taken by an optimiser step hook, as in ``harne
 setup, the loader's start and the first step do not count; --steps must be at least 3. images/s =
 batch / step time. Peak memory per arm: ``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the
 process's maximum resident set (``resource.getrusage``, reset before each arm through
-``/proc/self/clear_refs`` where Linux allows it, else the process's peak so far), plus the largest
-DataLoader worker's. Ratios (AME on / off step time; cached / live images/s) come from the same run.
+``/proc/self/clear_refs`` where Linux allows it, else the process's peak so far; forked DataLoader
+workers share the process's pages and are not added). Ratios (AME on / off step time; cached / live
+images/s) come from the same run.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import resource
 import statistics
@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from workbench import models, recipes
 from workbench.cache import cached_image_features
@@ -62,7 +61,7 @@ SMOKE = {"teacher": "ViT-M-32", "student": "ViT-S-32", "steps": 3, "batch": 2, "
 
 
 def write_image_folder(root: Path, images: int, classes: int, seed: int = 0) -> Path:
-    """``root/{train,test}/class_k/*.jpg``: ``images`` training files (round robin over classes), one test file per class."""
+    """``root/{train,test}/class_k/*.jpg``: ``images`` training files (classes in turn), one test file per class."""
     rng = np.random.default_rng(seed)
     width, height = FILE_SIZE
     for split, count in (("train", images), ("test", classes)):
@@ -86,31 +85,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _max_rss_gib(who=resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
-
-
-def step_seconds(student, images, targets, vectors, config: recipes.DistillConfig, device, **distill_kwargs) -> float:
-    """Median interval between optimiser steps of one ``distill`` run on a copy of ``student``.
-
-    ``harness.distill_step_seconds`` with ``distill``'s keyword arguments (here the student's own class
-    vectors, which an open_clip pair of different widths needs).
-    """
-    stamps = []
-
-    def stamp(*_):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stamps.append(time.perf_counter())
-
-    handle = register_optimizer_step_post_hook(stamp)
-    try:
-        recipes.distill(copy.deepcopy(student), images, targets, vectors, config, device, **distill_kwargs)
-    finally:
-        handle.remove()
-    if len(stamps) < 3:
-        raise ValueError(f"need at least 3 steps per measurement, got {len(stamps)}: raise --steps")
-    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+def _max_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
 
 
 def arms(recipe_names) -> list[tuple[str, str]]:
@@ -126,6 +102,7 @@ def arms(recipe_names) -> list[tuple[str, str]]:
 def run(args) -> dict:
     device = select_device(args.device)
     torch.manual_seed(0)
+    load_at_start = os.getloadavg()[0]
     started = time.perf_counter()
     teacher_loaded = models.load_model(args.teacher, None, device=device)
     student_loaded = models.load_model(args.student, None, device=device)
@@ -172,7 +149,7 @@ def run(args) -> dict:
                     rss_reset = _reset_peak_rss() and rss_reset
                 else:
                     torch.cuda.reset_peak_memory_stats(device)
-                times[arm].append(step_seconds(student, student_view, targets[mode], teacher_vectors,
+                times[arm].append(harness.distill_step_seconds(student, student_view, targets[mode], teacher_vectors,
                                                config(recipe, mode, ame), device,
                                                student_class_vectors=student_vectors))
                 peak = _max_rss_gib() if cpu else torch.cuda.max_memory_allocated(device) / 2**30
@@ -202,28 +179,26 @@ def run(args) -> dict:
             "teacher_extraction_images_per_s": num_images / extract_s, "setup_s": setup_s,
             "memory": "GPU max_memory_allocated" if not cpu else
             ("max RSS per arm" if rss_reset else "max RSS of the process so far"),
-            "worker_max_rss_gib": _max_rss_gib(resource.RUSAGE_CHILDREN) if cpu else None,
             "torch_threads": torch.get_num_threads(), "wall_s": time.perf_counter() - started,
-            "load_average_1min": os.getloadavg()[0]}
+            "load_average_1min_start": load_at_start, "load_average_1min": os.getloadavg()[0]}
 
 
 def report(r: dict) -> str:
     memory = "peak GPU GiB" if r["device"].startswith("cuda") else "peak RSS GiB"
     lines = [f"{r['device_name']} ({r['device']}): teacher {r['teacher']} ({r['teacher_size'][0]} px, width "
-             f"{r['teacher_width']}) -> student {r['student']} ({r['student_size'][0]} px, width {r['student_width']}), "
+             f"{r['teacher_width']}) -> student {r['student']} ({r['student_size'][0]} px, width "
+             f"{r['student_width']}), "
              f"random weights; {r['images']} JPEG files {FILE_SIZE[0]}x{FILE_SIZE[1]} through ManifestImages, "
              f"{r['workers']} loader workers; batch {r['batch']}, {r['steps']} steps per measurement, "
              f"{r['classes']} classes x {r['templates']} templates, median of {r['repeats']}; torch threads "
-             f"{r['torch_threads']}; memory: {r['memory']}; wall {r['wall_s']:.0f} s; 1-min load average at the "
-             f"end {r['load_average_1min']:.2f}", "",
+             f"{r['torch_threads']}; memory: {r['memory']}; wall {r['wall_s']:.0f} s; 1-min load average "
+             f"{r['load_average_1min_start']:.2f} at the start, {r['load_average_1min']:.2f} at the end", "",
              f"| recipe | teacher | AME ω | ms/step | images/s | {memory} |", "|---|---|---:|---:|---:|---:|"]
     for row in r["rows"]:
         lines.append(f"| {row['recipe']} | {row['teacher_mode']} | {row['ame_weight']:g} | "
                      f"{1000 * row['step_s']:,.1f} | {row['images_per_s']:,.2f} | {row['peak_gib']:.2f} |")
     lines += ["", f"teacher feature extraction through the loader (cached arms, one-off): "
                   f"{r['teacher_extraction_images_per_s']:,.2f} images/s"]
-    if r["worker_max_rss_gib"] is not None:
-        lines.append(f"largest DataLoader worker peak RSS: {r['worker_max_rss_gib']:.2f} GiB")
     for name, ratio in r["ame_ratios"].items():
         lines.append(f"ratio AME on / off (step time), {name}: {ratio:.3f}")
     for name, ratio in r["cached_over_live"].items():

@@ -4,6 +4,7 @@ These check the plumbing only; speed goals live in benchmarks/RESULTS.md, never 
 """
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -99,3 +100,24 @@ def test_prompt_distillation_throughput_rejects_models_of_different_resolution()
         _load("prompt_distillation_throughput").main(
             ["--student", "embedded-vit-student", "--teacher", "ViT-S-32", "--images", "16", "--batch", "8",
              "--device", "cpu"])
+
+
+def test_real_pair_plumbing_runs_image_files_through_both_recipes(capsys):
+    results = _load("real_pair_plumbing").main(["--smoke", "--device", "cpu"])
+    arms = {(r["recipe"], r["teacher_mode"], r["ame_weight"]) for r in results["rows"]}
+    assert arms == {(recipe, mode, ame) for recipe, mode in
+                    (("logit_kd", "cached"), ("promptkd", "cached"), ("promptkd", "live")) for ame in (0.0, 50.0)}
+    assert results["images"] == 6 and results["student_width"] != results["teacher_width"]  # own text towers
+    figures = [v for r in results["rows"] for v in (r["step_s"], r["images_per_s"], r["peak_gib"])]
+    figures += [*results["ame_ratios"].values(), *results["cached_over_live"].values(),
+                results["teacher_extraction_images_per_s"]]
+    assert all(math.isfinite(v) and v > 0 for v in figures)
+    assert set(results["ame_ratios"]) == {"logit_kd/cached", "promptkd/cached", "promptkd/live"}
+    assert set(results["cached_over_live"]) == {"promptkd, AME 0", "promptkd, AME 50"}
+    out = capsys.readouterr().out
+    assert "| promptkd | live | 50 |" in out and "ratio AME on / off (step time), logit_kd/cached:" in out
+
+
+def test_real_pair_plumbing_refuses_fewer_than_three_steps():
+    with pytest.raises(SystemExit):
+        _load("real_pair_plumbing").parse_args(["--steps", "2"])
