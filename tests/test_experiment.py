@@ -105,8 +105,10 @@ def test_flat_settings_go_to_the_config_level_that_has_them():
         experiment_config("configs/none.yaml")
 
 
-def test_pipeline_step_gives_the_same_run_through_papermill_and_in_process(tmp_path, cache):
+def test_pipeline_step_gives_the_same_run_through_papermill_and_in_process(tmp_path, cache, monkeypatch):
     from workbench.pipeline import NOTEBOOK_DIR, PipelineSpec, run_pipeline
+
+    monkeypatch.delenv("WORKBENCH_DATA", raising=False)
 
     metrics = {}
     for in_process in (False, True):
@@ -119,7 +121,8 @@ def test_pipeline_step_gives_the_same_run_through_papermill_and_in_process(tmp_p
         result = run_pipeline(spec, progress=False)
         done, unsupported = (result.executed[r.run_id] for r in spec.runs())
         assert done["status"] == "done", done.get("traceback")
-        assert unsupported["status"] == "failed" and "NotImplementedError" in unsupported["error"]
+        # A benchmark dataset without its data: a failed run naming what is missing, before anything trains.
+        assert unsupported["status"] == "failed" and "WORKBENCH_DATA is not set" in unsupported["error"]
         run_dir = tmp_path / f"out-{in_process}" / done["run_id"]
         assert (run_dir / "experiment" / "embeddings.npz").is_file()
         assert (run_dir / "run_experiment.ipynb").is_file() != in_process  # papermill keeps the executed notebook
