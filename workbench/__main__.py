@@ -32,6 +32,11 @@ def train(args: argparse.Namespace) -> Path:
     from .train import distributed_rank, init_distributed, select_device
 
     config = experiment_config(args.config, **_overrides(args.set))
+    if args.resume and args.run_dir and not (Path(args.run_dir) / "checkpoint.pt").is_file():
+        finished = (Path(args.run_dir) / "metrics.json").is_file()
+        raise SystemExit(f"error: --resume: {args.run_dir} holds no checkpoint.pt"
+                         + (" (the run finished; its results are in metrics.json)" if finished else
+                            " (no epoch of a run there has finished); start it without --resume"))
     distributed = init_distributed(select_device(config.device))  # torchrun: join the process group
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / time.strftime(f"{Path(args.config).stem}-%Y%m%d-%H%M%S")
     if distributed and not args.run_dir:
@@ -76,7 +81,13 @@ def _overrides(pairs: list[str]) -> dict:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise SystemExit(f"--set expects name=value, got {pair!r}")
-        out[name.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 5e-4 as text; on the command line it is a number
+            try:
+                parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf", "+inf") else parsed
+            except ValueError:
+                pass
+        out[name.strip()] = parsed
     return out
 
 
@@ -206,7 +217,7 @@ def pipeline_report(args: argparse.Namespace) -> int:
         sweep = report["result"]["sweep"]
         print(f"{groups}  {sweep}={row[sweep]} vs {row['off']}  {row['metric']}: "
               f"{row['mean_diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] n={row['n']}")
-    print(f"runs: " + ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())))
+    print("runs: " + ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())))
     for key in ("summary_csv", "paired_csv", "html"):
         print(f"{key.replace('_', '.')}: {report[key]}")
     return 0

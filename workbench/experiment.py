@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from .config import ConfigError, differences, from_mapping, read_config_file
 from .recipes import DistillConfig
 from .task import EMBEDDED_WORLD, ON_ERROR, PROTOCOLS
 
@@ -105,29 +106,26 @@ class ExperimentConfig:
             raise ValueError(f"val_per_class must be a positive integer, got {self.val_per_class!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        from .presets import load_preset
+        presets = load_preset("quickstart")
+        if self.preset not in presets:
+            raise ValueError(f"unknown preset {self.preset!r}; valid names: {', '.join(presets)}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError, ValueError):
+                raise ValueError(f"device must be 'auto' or a torch device ('cpu', 'cuda', 'cuda:1' …), "
+                                 f"got {self.device!r}") from None
 
     @classmethod
     def from_dict(cls, data: dict, origin: str = "config") -> "ExperimentConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
-        data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{origin}: unknown settings {sorted(unknown)}; expected some of {sorted(known)}")
-        try:
-            distill = DistillConfig.from_dict(data.pop("distill", {}))
-        except TypeError as err:
-            raise ValueError(f"{origin}: bad 'distill' settings: {err}") from None
-        return cls(distill=distill, **data)
+        """A config from a mapping (a parsed file); errors name ``origin`` and the dotted field."""
+        return from_mapping(cls, data, origin)
 
 
 def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     """Read a YAML or JSON experiment config (``yaml.safe_load``: data only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config {path} not found")
-    return ExperimentConfig.from_dict(yaml.safe_load(path.read_text()) or {}, origin=str(path))
+    return ExperimentConfig.from_dict(read_config_file(path, "experiment config"), origin=str(path))
 
 
 def experiment_config(base: str | os.PathLike | dict | None = None, **settings) -> ExperimentConfig:
@@ -136,30 +134,34 @@ def experiment_config(base: str | os.PathLike | dict | None = None, **settings) 
     Each override goes to the config level that has a field of its name — ``shots``, ``seed``,
     ``preset`` … to the experiment; ``recipe``, ``ame_weight``, ``temperature`` … to ``distill``;
     ``epochs``, ``lr``, ``batch_size`` … to ``distill.optim`` — which is how notebook and pipeline
-    parameters (flat names) become a config. Unknown names raise ``ValueError`` listing valid ones.
+    parameters (flat names) become a config. Unknown names raise ``ValueError`` listing valid ones;
+    every value is checked here, before anything runs or is written.
     """
     from .train import OptimConfig
 
-    if base is None:
-        data = {}
-    elif isinstance(base, dict):
-        data = copy.deepcopy(base)
-    else:
-        path = Path(base)
-        if not path.is_file():
-            raise FileNotFoundError(f"experiment config {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-    data.setdefault("distill", {}).setdefault("optim", {})
+    origin = str(base) if base is not None and not isinstance(base, dict) else "settings"
+    data = copy.deepcopy(base) if isinstance(base, dict) else read_config_file(base, "experiment config") if base is not None else {}
+    data = {} if data is None else data
+    for where, level in (("the top level", data), ("distill", data.get("distill") if isinstance(data, dict) else None)):
+        if not isinstance(level, (dict, type(None))):
+            raise ConfigError(f"{origin}: {where} must be a mapping of settings (name: value), got "
+                              f"{type(level).__name__} {level!r:.80}")
+    distill = data["distill"] = dict(data.get("distill") or {})
+    if not isinstance(distill.get("optim"), (dict, type(None))):
+        raise ConfigError(f"{origin}: distill.optim must be a mapping of settings, got {distill['optim']!r:.80}")
+    distill["optim"] = dict(distill.get("optim") or {})
     levels = [({f.name for f in dataclasses.fields(ExperimentConfig)} - {"distill"}, data),
-              ({f.name for f in dataclasses.fields(DistillConfig)} - {"optim"}, data["distill"]),
-              ({f.name for f in dataclasses.fields(OptimConfig)} - {"seed"}, data["distill"]["optim"])]
+              ({f.name for f in dataclasses.fields(DistillConfig)} - {"optim"}, distill),
+              ({f.name for f in dataclasses.fields(OptimConfig)} - {"seed"}, distill["optim"])]
     for name, value in settings.items():
         target = next((level for names, level in levels if name in names), None)
         if target is None:
             valid = sorted(set().union(*(names for names, _ in levels)))
-            raise ValueError(f"unknown experiment setting {name!r}; valid names: {', '.join(valid)}")
+            raise ConfigError(f"unknown experiment setting {name!r}; valid names: {', '.join(valid)}")
         target[name] = value
-    return ExperimentConfig.from_dict(data, origin=str(base) if base is not None else "settings")
+    if settings:
+        origin += f" with settings {', '.join(settings)}" if origin != "settings" else ""
+    return ExperimentConfig.from_dict(data, origin=origin)
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume: bool = False,
@@ -176,18 +178,28 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     """
     from . import models, recipes
     from .cache import cached_image_features
-    from .runs import create_run_dir, environment_info, write_json
+    from .runs import create_run_dir, environment_info, read_json, write_json
     from .task import prepare_task
     from .train import distributed_rank, select_device
 
     rank, world_size = distributed_rank()
+    stored = Path(run_dir) / "config.json"
+    if resume and stored.is_file():  # a run directory never describes a run that did not happen
+        differ = differences(read_json(stored), json.loads(json.dumps(dataclasses.asdict(config))), ignore=("device",))
+        if differ:
+            raise ConfigError(f"cannot resume {run_dir}: it holds a run of another config; nothing was changed. "
+                              f"Differing settings (stored → requested): {'; '.join(differ)}")
+    if not resume and Path(run_dir).is_dir() and any(Path(run_dir).iterdir()):
+        raise FileExistsError(f"run directory {run_dir} already exists and is not empty; choose another name, "
+                              "or resume it")
     device = select_device(config.device)
     # Under torchrun rank 0 fills the shared caches (world, models, manifests, class vectors) before the others read them.
     task = _rank_zero_first(lambda: prepare_task(config, device))
     if rank == 0:
         run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
-        write_json(run_dir / "config.json", dataclasses.asdict(config))
-        write_json(run_dir / "environment.json", {**environment_info(), "world_size": world_size})
+        if not stored.is_file():  # a resumed run keeps the record of how it started
+            write_json(run_dir / "config.json", dataclasses.asdict(config))
+            write_json(run_dir / "environment.json", {**environment_info(), "world_size": world_size})
         write_json(run_dir / "dataset.json", task.description)
     run_dir = Path(run_dir)
     student = task.student
@@ -307,11 +319,11 @@ def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, 
     This is what ``notebooks/run_experiment.ipynb`` executes and what a pipeline with
     ``in_process: true`` calls directly. Settings whose value is ``None`` keep the config's value;
     ``smoke`` switches to the smoke preset and one epoch, and on a dataset of image files to the embedded
-    model pair (its stand-in for open_clip models whose weights a CPU machine lacks). The run goes to ``run_dir/experiment`` (an
-    interrupted run with the same config resumes from its checkpoint) and its metrics, with the
+    model pair (its stand-in for open_clip models whose weights a CPU machine lacks). The run goes to
+    ``run_dir/experiment`` (an interrupted run with the same config resumes from its checkpoint) and its
+    metrics, with the
     wall time, to ``run_dir/metrics.json`` where the pipeline's index finds them.
     """
-    import json
     import time
 
     from .runs import create_run_dir, read_json, write_json
@@ -342,16 +354,12 @@ def run_or_load(config: ExperimentConfig, run_dir: str | os.PathLike) -> tuple[d
     another config (the device aside, which does not change what a run is) raises ``ValueError``
     naming the settings that differ.
     """
-    import json
-
-    from .pipeline import flatten
     from .runs import read_json
 
     path = Path(run_dir)
     if (path / "config.json").is_file():
-        stored = flatten(read_json(path / "config.json"))
-        wanted = flatten(json.loads(json.dumps(dataclasses.asdict(config))))
-        differ = sorted(k for k in stored.keys() & wanted.keys() if stored[k] != wanted[k] and k != "device")
+        differ = differences(read_json(path / "config.json"), json.loads(json.dumps(dataclasses.asdict(config))),
+                             ignore=("device",))
         if differ:
             raise ValueError(f"{path} holds a run of another config ({', '.join(differ)} differ); "
                              "choose another run_dir or remove it")

@@ -60,6 +60,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import flatten  # noqa: F401  (pipeline.flatten: part of this module's public names)
 from .runs import create_run_dir, environment_info, git_commit, read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -1051,18 +1052,6 @@ def _write_text(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def flatten(data, prefix: str = "") -> dict:
-    """Nested mappings as one level, keys joined by ``/`` (``{"a": {"b": 1}}`` -> ``{"a/b": 1}``)."""
-    out = {}
-    for key, value in (data or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "/"))
-        else:
-            out[name] = value
-    return out
 
 
 def collect_runs(output: str | os.PathLike) -> list[dict]:

@@ -99,12 +99,18 @@ class DistillConfig:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         if self.prompt_depth is not None and (not isinstance(self.prompt_depth, int) or self.prompt_depth < 1):
             raise ValueError(f"prompt_depth must be a positive int or null, got {self.prompt_depth!r}")
+        from .losses import AME_VARIANTS
+        if self.ame_variant not in AME_VARIANTS:
+            raise ValueError(f"unknown ame_variant {self.ame_variant!r}; valid names: {', '.join(AME_VARIANTS)}")
+        for name, least in (("ame_manifold_dim", 1), ("ame_hidden_dim", 1), ("ame_warmup_steps", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DistillConfig":
-        data = dict(data)
-        optim = OptimConfig(**data.pop("optim", {}))
-        return cls(optim=optim, **data)
+    def from_dict(cls, data: dict, origin: str = "distill") -> "DistillConfig":
+        from .config import from_mapping
+        return from_mapping(cls, data, origin)
 
     @property
     def uses_ame(self) -> bool:

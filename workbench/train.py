@@ -47,7 +47,7 @@ class OptimConfig:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
