@@ -35,6 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 from .losses import entropy
 from .protocol import _as_numpy, accuracy, harmonic_mean
+from .runs import umask_mode
 
 DEFAULT_BINS = 15  # equal-width confidence bins for ECE and reliability diagrams
 BOOTSTRAP_RESAMPLES = 10_000  # bootstrap resamples for seed confidence intervals
@@ -236,6 +237,7 @@ def write_table(table: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = {k: np.asarray(_as_numpy(v)) for k, v in table.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.chmod(tmp, umask_mode())  # mkstemp's 0600 would outlive the rename
     try:
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.writer(f)

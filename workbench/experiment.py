@@ -302,13 +302,26 @@ def recipe_modules(model) -> dict:
 
 def _rank_zero_first(build):
     """``build()`` on rank 0, then on the other ranks (which then read what rank 0 cached); no-op outside DDP."""
-    from .train import distributed_rank
+    from .train import collective, distributed_rank, working_alone
 
     rank, world_size = distributed_rank()
     if world_size == 1:
         return build()
-    result = build() if rank == 0 else None
-    torch.distributed.barrier()
+    dist = torch.distributed
+    failed = torch.zeros(1, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    result = error = None
+    if rank == 0:
+        try:
+            with working_alone():  # rank 0 pretrains and fills caches alone: none of it may wait for the others
+                result = build()
+        except Exception as err:  # the others must hear of it, or they wait at the broadcast below for ever
+            failed += 1
+            error = err
+    collective(dist.broadcast, failed, src=0, what=f"rank {rank} waiting for rank 0 to fill the shared caches")
+    if failed.item():
+        if rank == 0:
+            raise error
+        raise RuntimeError("rank 0 failed while preparing the run (its error is printed above); stopping too")
     return result if rank == 0 else build()
 
 

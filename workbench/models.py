@@ -135,6 +135,23 @@ def _hf_pad_token_id(model: nn.Module) -> int | None:
     return getattr(getattr(text, "config", None), "pad_token_id", None)
 
 
+def check_template(template: str) -> None:
+    """A prompt template takes the class name through exactly one ``{}`` and has no other field."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as err:
+        raise ValueError(f"prompt template {template!r} is not a valid format string ({err}); write literal "
+                         "braces as '{{' and '}}'") from None
+    named = [f for f in fields if f != ""]
+    if named:
+        raise ValueError(f"prompt template {template!r} has the field {{{named[0]}}}; a template takes only the "
+                         "class name, through one '{}' (write literal braces as '{{' and '}}')")
+    if len(fields) != 1:
+        raise ValueError(f"prompt template {template!r} must contain '{{}}' exactly once")
+
+
 def build_class_vectors(model: nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[str],
                         batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
     """Zero-shot class vectors by prompt ensembling, ``(C, D)``, each row unit-norm.
@@ -148,8 +165,7 @@ def build_class_vectors(model: nn.Module, tokenizer, class_names: Sequence[str],
     if not templates:
         raise ValueError("templates is empty")
     for template in templates:
-        if template.count("{}") != 1:
-            raise ValueError(f"prompt template {template!r} must contain '{{}}' exactly once")
+        check_template(template)
     prompts = [template.format(name) for name in class_names for template in templates]
     embeddings = encode_texts(model, tokenizer, prompts, batch_size=batch_size, device=device)
     vectors = embeddings.view(len(class_names), len(templates), -1).mean(dim=1)

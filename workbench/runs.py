@@ -15,6 +15,17 @@ TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "
                     "plotly", "scikit-learn", "papermill")
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a new file (or directory) gets under the process's umask: what atomic writes restore.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create private (0600/0700) entries; renamed into place they would
+    hide results from colleagues on a shared machine, unlike every other file of a run.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def create_run_dir(root: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> Path:
     """Make ``root/name`` (default: a timestamp) and return it.
 

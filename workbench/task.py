@@ -201,7 +201,7 @@ def _embedded_task(config, device: torch.device) -> Task:
     spec, splits, vectors = setup["spec"], setup["splits"], setup["class_vectors"]
     base, new = protocol.base_new_split(len(spec.class_names))
     train, test = splits["train"], splits["test"]
-    positions, train_labels, validation = _training_split(train.labels, base, config)
+    positions, train_labels, validation = _training_split(train.labels, base, config, spec.class_names)
     train_images = ArrayImages(train.images[positions])
     test_images = ArrayImages(test.images)
     base_mask = np.isin(test.labels, base)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,31 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+DIST_TIMEOUT_VARIABLE = "WORKBENCH_DIST_TIMEOUT"  # seconds a process waits for the others at a collective
+DEFAULT_DIST_TIMEOUT = 3600  # long enough for rank 0 to pretrain the embedded models alone on a slow machine
+_alone = threading.local()
+
+
+def dist_timeout() -> float:
+    """Seconds a collective may wait for the other processes (``$WORKBENCH_DIST_TIMEOUT``, default one hour)."""
+    value = os.environ.get(DIST_TIMEOUT_VARIABLE, str(DEFAULT_DIST_TIMEOUT))
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{DIST_TIMEOUT_VARIABLE} must be a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"{DIST_TIMEOUT_VARIABLE} must be > 0, got {value!r}")
+    return seconds
+
+
 def init_distributed(device: torch.device | None = None) -> bool:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); return whether distributed.
 
-    NCCL on CUDA, gloo on CPU. A no-op in a single process or when the group already exists.
+    NCCL on CUDA, gloo on CPU, with collectives timing out after :func:`dist_timeout` seconds. A
+    no-op in a single process or when the group already exists.
     """
+    import datetime
+
     dist = torch.distributed
     if dist.is_initialized():
         return True
@@ -84,16 +105,47 @@ def init_distributed(device: torch.device | None = None) -> bool:
     device = device or select_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(seconds=dist_timeout()))
     return True
 
 
 def distributed_rank() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a process group."""
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a process group or inside :func:`working_alone`."""
     dist = torch.distributed
+    if getattr(_alone, "active", False):
+        return 0, 1
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def working_alone():
+    """Work one process does by itself (rank 0 filling the caches): nothing inside enters a collective.
+
+    :func:`fit` and every other caller of :func:`distributed_rank` see a single process, so rank 0 can
+    pretrain a model while the other ranks wait at a barrier.
+    """
+    previous = getattr(_alone, "active", False)
+    _alone.active = True
+    try:
+        yield
+    finally:
+        _alone.active = previous
+
+
+def collective(operation, *args, what: str = "a collective", **kwargs):
+    """``operation(*args, **kwargs)`` (a ``torch.distributed`` call), a timeout reported as what it means."""
+    try:
+        return operation(*args, **kwargs)
+    except RuntimeError as err:
+        if "timed out" in str(err).lower() or "timeout" in str(err).lower():
+            raise TimeoutError(
+                f"{what}: the other processes did not arrive within {dist_timeout():.0f} s "
+                f"(${DIST_TIMEOUT_VARIABLE}); one of them failed or is stuck — see its output above. ({err})"
+            ) from err
+        raise
 
 
 def autocast(device: torch.device):
@@ -307,7 +359,7 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         history = _truncate_log(log_path, step)
     if world_size > 1:
         for tensor in [p.data for p in params] + [b for m in modules for b in m.buffers()]:
-            torch.distributed.broadcast(tensor, src=0)
+            collective(torch.distributed.broadcast, tensor, src=0, what="fit: sharing rank 0's parameters")
     writer = rank == 0
     log_file = open(log_path, "a") if log_path and writer else None
     bar = None
@@ -334,7 +386,8 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 logged = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
                 finite = torch.isfinite(logged[:1]).float()
                 if world_size > 1:  # every process must stop together, or the others wait forever
-                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                    collective(torch.distributed.all_reduce, finite, op=torch.distributed.ReduceOp.MIN,
+                               what=f"fit: step {step}")
                 values = torch.cat([finite, logged]).tolist()
                 if not values[0]:
                     raise FloatingPointError(
@@ -378,7 +431,7 @@ def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
     # contributes zeros, so every process calls the collective with the same shapes.
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
+    collective(torch.distributed.all_reduce, flat, what="fit: averaging gradients")
     flat /= world_size
     offset = 0
     for p, g in zip(params, grads):

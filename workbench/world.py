@@ -472,6 +472,8 @@ def save_split(split: WorldSplit, directory: str | os.PathLike) -> None:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    from .runs import umask_mode
+    os.chmod(tmp, umask_mode(directory=True))  # mkdtemp's 0700 would outlive the rename
     try:
         np.save(tmp / "images.npy", split.images, allow_pickle=False)
         with open(tmp / "samples.csv", "w", newline="", encoding="utf-8") as fh:
