@@ -214,6 +214,7 @@ def test_transfer_protocol_evaluates_each_target_among_its_own_classes(image_fol
     assert json.loads((tmp_path / "run" / "dataset.json").read_text())["targets"] == ["two_classes"]
 
 
+@pytest.mark.reliability
 def test_a_table_manifest_and_unreadable_images_follow_the_on_error_policy(image_folder, tiny_pair, tmp_path):
     manifest = task.resolve_dataset(f"imagefolder:{image_folder}")
     for split in ("train", "test"):
@@ -239,6 +240,7 @@ def test_a_table_manifest_and_unreadable_images_follow_the_on_error_policy(image
     assert len(thumbnails) == 15 and thumbnails.paths[5] == manifest.split("test").paths[6]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("settings, message", [
     (dict(dataset="imagefolder:/nonexistent/folder"), "image folder /nonexistent/folder not found"),
     (dict(dataset="caltech101", data_root=""), "WORKBENCH_DATA"),
@@ -260,6 +262,7 @@ def test_bad_settings_fail_before_the_run_directory_exists(image_folder, tiny_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.reliability
 def test_offline_weights_are_named_before_anything_is_written(image_folder, tiny_pair, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))

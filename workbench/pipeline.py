@@ -112,8 +112,20 @@ def run_notebook(notebook: str | os.PathLike, run_dir: str | os.PathLike, parame
     write_json(run_dir / "environment.json", environment_info())
     output = run_dir / notebook.name
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                               cwd=str(REPO_ROOT), progress_bar=progress, execution_timeout=execution_timeout)
+                               cwd=str(REPO_ROOT), progress_bar=progress, execution_timeout=execution_timeout,
+                               kernel_manager_class=_local_kernel_manager())
     return output
+
+
+def _local_kernel_manager():
+    """A Jupyter kernel manager talking to its kernel over Unix sockets (``transport = "ipc"``).
+
+    The kernel only ever serves this process, so nothing needs TCP; over TCP without CurveZMQ keys
+    ipykernel warns (rightly) that anyone on the machine could connect, on every notebook run.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    return type("LocalKernelManager", (AsyncKernelManager,), {"transport": "ipc"})
 
 
 def check_parameters(values: dict, expected: dict[str, type | tuple[type, ...]]) -> None:
