@@ -208,14 +208,15 @@ class ManifestImages:
                             batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
                             pin_memory=device.type == "cuda", collate_fn=_collate_positions,
                             generator=torch.Generator().manual_seed(self.seed))
+        # Indices go back where the caller keeps them (fit: on the training device).
+        index_device = index_batches[0].device if len(index_batches) and torch.is_tensor(index_batches[0]) \
+            else torch.device("cpu")
         for wanted, loaded in zip(batches, loader):
             if loaded is None:
                 raise ImageReadError(f"no readable image in a batch of manifest '{self.manifest.name}', split "
                                      f"'{self.split}' (positions {wanted.tolist()[:8]}…); see the warnings above")
             pixels, positions = loaded
-            target = index_batches[0].device if len(index_batches) and isinstance(index_batches[0], torch.Tensor) \
-                else torch.device("cpu")
-            yield positions.to(target), pixels.to(device, non_blocking=True)
+            yield positions.to(index_device), pixels.to(device, non_blocking=True)
 
     def thumbnails(self, size: int = 96) -> FileThumbnails:
         """The source's images as small arrays, read on demand."""
