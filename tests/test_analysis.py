@@ -274,6 +274,47 @@ def test_paired_comparison():
         paired_comparison([1, 2, 3], [1, 2])
 
 
+def _hand_written_percentile_interval(values, confidence=0.95, n_resamples=10_000, seed=0):
+    """The interval seed_summary computed by hand before it called scipy.stats.bootstrap."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_resamples, len(values)))
+    means = values[idx].mean(axis=1)
+    return tuple(np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)]))
+
+
+@pytest.mark.parametrize("values, confidence, n_resamples, seed", [
+    ([0.61, 0.64, 0.58, 0.66, 0.60], 0.95, 10_000, 0),
+    ([0.61, 0.64, 0.58, 0.66, 0.60], 0.90, 2_000, 7),
+    ([1.0, 2.0], 0.95, 10_000, 0),
+    (list(np.random.default_rng(3).lognormal(size=9)), 0.99, 5_000, 1),
+])
+def test_seed_summary_percentile_interval_is_the_hand_written_one(values, confidence, n_resamples, seed):
+    # Same generator, same draws in one batch, same linear-interpolation percentiles: the same numbers.
+    out = seed_summary(values, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    assert (out["ci_low"], out["ci_high"]) == _hand_written_percentile_interval(values, confidence, n_resamples, seed)
+
+
+def test_bca_interval_is_available_and_corrects_for_skew():
+    skewed = [0.1, 0.12, 0.11, 0.13, 0.1, 0.9, 0.12, 0.11]
+    percentile, bca = seed_summary(skewed), seed_summary(skewed, method="bca")
+    assert bca["mean"] == percentile["mean"] and bca["std"] == percentile["std"]
+    assert bca["ci_low"] < bca["mean"] < bca["ci_high"]
+    # One large value: BCa moves the interval up, towards the long tail, relative to the percentile one.
+    assert bca["ci_low"] > percentile["ci_low"] and bca["ci_high"] > percentile["ci_high"]
+    basic = seed_summary(skewed, method="basic")  # the percentile interval reflected around the mean
+    assert basic["ci_low"] == pytest.approx(2 * basic["mean"] - percentile["ci_high"])
+    for method in ("percentile", "basic", "bca"):  # a constant has the degenerate interval, not NaN
+        out = seed_summary([0.3] * 4, method=method)
+        assert (out["ci_low"], out["ci_high"]) == (0.3, 0.3)
+    base = np.array([0.60, 0.62, 0.58, 0.65, 0.61])
+    assert paired_comparison(base + np.array([0.05, 0.06, 0.04, 0.05, 0.055]), base, method="bca")["exceeds_noise"]
+    with pytest.raises(ValueError, match="unknown bootstrap method 'bootstrap'"):
+        seed_summary(skewed, method="bootstrap")
+    with pytest.raises(ValueError, match="n_resamples must be a positive int"):
+        seed_summary(skewed, n_resamples=0)
+
+
 # ----------------------------------------------------------------------------- training logs
 def test_entropy_trajectory(tmp_path):
     log = tmp_path / "kd_ame.jsonl"

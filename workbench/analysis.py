@@ -14,7 +14,7 @@ Groups of functions:
   :func:`reliability_diagram`;
 - the shared image-text space: :func:`alignment_metrics`, :func:`effective_rank`,
   :func:`knn_agreement`;
-- several seeds: :func:`seed_summary`, :func:`paired_comparison`;
+- several seeds: :func:`seed_summary`, :func:`paired_comparison`, :func:`bootstrap_interval`;
 - training logs: :func:`entropy_trajectory`.
 """
 
@@ -40,6 +40,7 @@ from .runs import umask_mode
 DEFAULT_BINS = 15  # equal-width confidence bins for ECE and reliability diagrams
 BOOTSTRAP_RESAMPLES = 10_000  # bootstrap resamples for seed confidence intervals
 BOOTSTRAP_SEED = 0  # fixed RNG seed, so the same values always give the same interval
+BOOTSTRAP_METHODS = ("percentile", "basic", "bca")  # scipy.stats.bootstrap's intervals; percentile is the default
 
 
 # ----------------------------------------------------------------------------- validation
@@ -682,12 +683,10 @@ def knn_agreement(teacher_features, student_features, k: int = 10) -> float:
 
 
 # ----------------------------------------------------------------------------- seeds
-def _bootstrap_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+def _check_resamples(n_resamples) -> int:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(int(n_resamples), len(values)))
-    return values[idx].mean(axis=1)
+    return int(n_resamples)
 
 
 def _check_confidence(confidence: float) -> float:
@@ -696,8 +695,32 @@ def _check_confidence(confidence: float) -> float:
     return float(confidence)
 
 
+def _check_method(method: str) -> str:
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"unknown bootstrap method {method!r}; valid names: {', '.join(BOOTSTRAP_METHODS)}")
+    return method
+
+
+def bootstrap_interval(values: np.ndarray, confidence: float, n_resamples: int, seed: int,
+                       method: str = "percentile") -> tuple[float, float]:
+    """Bootstrap confidence interval of the mean of ``values`` (n >= 2), by ``scipy.stats.bootstrap``.
+
+    The resamples come from ``np.random.default_rng(seed)`` in one batch, so the percentile interval
+    is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles (linear interpolation) of
+    the means of the resamples ``values[rng.integers(0, n, (n_resamples, n))]`` — what this module
+    computed by hand before scipy did it. Identical values give the degenerate interval ``(v, v)``
+    for every method (BCa's acceleration is 0/0 there and scipy would return NaN).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0])
+    result = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, batch=None, vectorized=True,
+                             confidence_level=confidence, method=method, rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def seed_summary(values, confidence: float = 0.95, n_resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
+                 seed: int = BOOTSTRAP_SEED, method: str = "percentile") -> dict[str, float]:
     """Mean, standard deviation and bootstrap confidence interval of one metric over seeds.
 
     Parameters
@@ -705,54 +728,57 @@ def seed_summary(values, confidence: float = 0.95, n_resamples: int = BOOTSTRAP_
     values : array-like, shape (n,)
         One value per seed; finite, n >= 1.
     confidence : float, default 0.95
-        Coverage of the percentile interval, in (0, 1).
+        Coverage of the interval, in (0, 1).
     n_resamples : int, default 10_000
         Bootstrap resamples (with replacement, over seeds) of the mean.
     seed : int, default 0
         Seed of the bootstrap RNG: the same values always give the same interval.
+    method : {"percentile", "basic", "bca"}, default "percentile"
+        ``scipy.stats.bootstrap``'s interval; ``"bca"`` corrects the percentile interval for bias and
+        skew (it needs a few seeds to be worth it).
 
     Returns
     -------
     dict
-        ``mean``; ``std`` (sample standard deviation, ddof=1); ``ci_low``, ``ci_high`` (the
-        ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of the bootstrapped
-        means); ``n``. With a single value, ``std`` and the interval are NaN.
+        ``mean``; ``std`` (sample standard deviation, ddof=1); ``ci_low``, ``ci_high`` (for the
+        percentile method the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of
+        the bootstrapped means; see :func:`bootstrap_interval`); ``n``. With a single value, ``std``
+        and the interval are NaN.
     """
     v = _vector(values, "values")
     confidence = _check_confidence(confidence)
+    n_resamples, method = _check_resamples(n_resamples), _check_method(method)
     n = len(v)
     if n < 2:
         return {"mean": float(v[0]), "std": float("nan"), "ci_low": float("nan"),
                 "ci_high": float("nan"), "n": 1}
-    means = _bootstrap_means(v, n_resamples, seed)
-    lo, hi = np.percentile(means, [50 * (1 - confidence), 50 * (1 + confidence)])
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)), "ci_low": float(lo),
-            "ci_high": float(hi), "n": n}
+    lo, hi = bootstrap_interval(v, confidence, n_resamples, seed, method)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)), "ci_low": lo, "ci_high": hi, "n": n}
 
 
 def paired_comparison(a, b, confidence: float = 0.95, n_resamples: int = BOOTSTRAP_RESAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
+                      seed: int = BOOTSTRAP_SEED, method: str = "percentile") -> dict[str, float]:
     """Compare two methods run on the same seeds: is ``a - b`` larger than seed noise?
 
     Parameters
     ----------
     a, b : array-like, shape (n,)
         Metric of each method, ``a[i]`` and ``b[i]`` from the same seed; finite, n >= 2.
-    confidence, n_resamples, seed
+    confidence, n_resamples, seed, method
         As in :func:`seed_summary`; the bootstrap resamples seeds (pairs stay together).
 
     Returns
     -------
     dict
-        ``mean_diff`` = mean of ``a - b``; ``ci_low``, ``ci_high``: its bootstrap percentile
-        interval; ``exceeds_noise`` (bool): the interval excludes 0; ``p_value``: two-sided
+        ``mean_diff`` = mean of ``a - b``; ``ci_low``, ``ci_high``: its bootstrap interval;
+        ``exceeds_noise`` (bool): the interval excludes 0; ``p_value``: two-sided
         paired t-test (``scipy.stats.ttest_rel``; 1.0 when all differences are 0, 0.0 when
         they are all the same non-zero value); ``n``.
     """
     x, z = _vector(a, "a", min_len=2), _vector(b, "b", min_len=2)
     if x.shape != z.shape:
         raise ValueError(f"a and b must be paired (same length); got {len(x)} and {len(z)}")
-    summary = seed_summary(x - z, confidence, n_resamples, seed)
+    summary = seed_summary(x - z, confidence, n_resamples, seed, method)
     diff = x - z
     if np.ptp(diff) == 0:  # the t statistic is 0/0 or c/0
         p_value = 1.0 if diff[0] == 0 else 0.0

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, differences, from_mapping, read_config_file
+from .loggers import DEFAULT_LOGGERS, check_loggers
 from .recipes import DistillConfig
 from .task import EMBEDDED_WORLD, ON_ERROR, PROTOCOLS
 
@@ -74,6 +75,7 @@ class ExperimentConfig:
     cache_dir: str = "runs/cache"  # world and pretrained models, reused by every run
     device: str = "auto"  # "auto", "cpu" or "cuda"
     val_per_class: int = 8  # held-out labelled train images per training class (DHO mixing, best_val)
+    loggers: list = field(default_factory=lambda: list(DEFAULT_LOGGERS))  # jsonl + views: tensorboard, wandb
     distill: DistillConfig = field(default_factory=DistillConfig)  # recipe, AME and optimisation settings
 
     def __post_init__(self):
@@ -90,6 +92,7 @@ class ExperimentConfig:
             raise ValueError("dataset must not be empty")
         if not isinstance(self.targets, list) or not all(isinstance(t, str) and t for t in self.targets):
             raise ValueError(f"targets must be a list of dataset names, got {self.targets!r}")
+        check_loggers(self.loggers)
         if self.targets and self.protocol == "base_to_new":
             raise ValueError("targets are for the cross_dataset and domain_generalization protocols; "
                              "base_to_new evaluates the dataset's own test split")
@@ -178,6 +181,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     """
     from . import models, recipes
     from .cache import cached_image_features
+    from .loggers import metric_scalars, run_views
     from .runs import create_run_dir, environment_info, read_json, write_json
     from .task import prepare_task
     from .train import distributed_rank, select_device
@@ -185,7 +189,8 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     rank, world_size = distributed_rank()
     stored = Path(run_dir) / "config.json"
     if resume and stored.is_file():  # a run directory never describes a run that did not happen
-        differ = differences(read_json(stored), json.loads(json.dumps(dataclasses.asdict(config))), ignore=("device",))
+        differ = differences(read_json(stored), json.loads(json.dumps(dataclasses.asdict(config))),
+                             ignore=("device", "loggers"))
         if differ:
             raise ConfigError(f"cannot resume {run_dir}: it holds a run of another config; nothing was changed. "
                               f"Differing settings (stored → requested): {'; '.join(differ)}")
@@ -212,32 +217,36 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
         lambda: cached_image_features(task.teacher, task.teacher_train_images, teacher_cache, device=device)[0])
     targets = recipes.TeacherTargets(train_features, teacher_scale, model=task.teacher,
                                      preprocess_cfg=models.preprocess_cfg(task.teacher))
-    result = recipes.distill(student, task.train_images, targets, task.teacher_vectors, settings, device,
-                             log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
-                             progress=progress, train_classes=task.train_classes, labels=task.train_labels,
-                             validation=task.validation, base_test=task.base_test, vocabulary=task.teacher_vectors,
-                             student_class_vectors=task.student_vectors, student_vocabulary=task.student_vectors)
-    history = result.history
-    if rank != 0:  # training was shared; evaluation and every file are rank 0's
-        return {}
-    models.save_weights(student, run_dir / "student.safetensors", metadata={"recipe": settings.recipe})
-    added = recipe_modules(result.model)
-    if added:
-        models.save_tensors(added, run_dir / "recipe_modules.safetensors", metadata={"recipe": settings.recipe})
+    # The run's views of its training log (TensorBoard, W&B), rank 0's only; fit writes to them too.
+    with run_views(config.loggers, run_dir, enabled=rank == 0, config=dataclasses.asdict(config)) as views:
+        result = recipes.distill(student, task.train_images, targets, task.teacher_vectors, settings, device,
+                                 log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
+                                 progress=progress, train_classes=task.train_classes, labels=task.train_labels,
+                                 validation=task.validation, base_test=task.base_test, vocabulary=task.teacher_vectors,
+                                 student_class_vectors=task.student_vectors, student_vocabulary=task.student_vectors)
+        history = result.history
+        if rank != 0:  # training was shared; evaluation and every file are rank 0's
+            return {}
+        models.save_weights(student, run_dir / "student.safetensors", metadata={"recipe": settings.recipe})
+        added = recipe_modules(result.model)
+        if added:
+            models.save_tensors(added, run_dir / "recipe_modules.safetensors", metadata={"recipe": settings.recipe})
 
-    primary, *transfer = task.evaluations
-    stats = evaluate_set(result, task.teacher, primary, teacher_cache, device, run_dir=run_dir)
-    metrics = {"dataset": task.dataset, "protocol": task.protocol, "skipped_images": stats.pop("skipped_images")}
-    if primary.base is not None:
-        metrics.update(base_acc=stats["base_acc"], new_acc=stats["new_acc"], hm=stats["hm"])
-    else:
-        metrics["accuracy"] = stats["accuracy"]
-    if transfer:
-        scores = {ev.name: evaluate_set(result, task.teacher, ev, teacher_cache, device)["accuracy"]
-                  for ev in transfer}  # unreadable target images (on_error: skip) are left out of their accuracy
-        metrics.update(targets=scores, target_mean=float(np.mean(list(scores.values()))))
-    metrics.update({"analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
-                    "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None})
+        primary, *transfer = task.evaluations
+        stats = evaluate_set(result, task.teacher, primary, teacher_cache, device, run_dir=run_dir)
+        metrics = {"dataset": task.dataset, "protocol": task.protocol, "skipped_images": stats.pop("skipped_images")}
+        if primary.base is not None:
+            metrics.update(base_acc=stats["base_acc"], new_acc=stats["new_acc"], hm=stats["hm"])
+        else:
+            metrics["accuracy"] = stats["accuracy"]
+        if transfer:
+            scores = {ev.name: evaluate_set(result, task.teacher, ev, teacher_cache, device)["accuracy"]
+                      for ev in transfer}  # unreadable target images (on_error: skip) are left out of their accuracy
+            metrics.update(targets=scores, target_mean=float(np.mean(list(scores.values()))))
+        metrics.update({"analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
+                        "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None})
+        if views is not None:  # after the last step: a later resume purges and rewrites them
+            views.scalars(metric_scalars(metrics), step=len(history))
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -372,7 +381,7 @@ def run_or_load(config: ExperimentConfig, run_dir: str | os.PathLike) -> tuple[d
     path = Path(run_dir)
     if (path / "config.json").is_file():
         differ = differences(read_json(path / "config.json"), json.loads(json.dumps(dataclasses.asdict(config))),
-                             ignore=("device",))
+                             ignore=("device", "loggers"))
         if differ:
             raise ValueError(f"{path} holds a run of another config ({', '.join(differ)} differ); "
                              "choose another run_dir or remove it")

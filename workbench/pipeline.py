@@ -25,7 +25,9 @@ Each grid point is a :class:`Run` with a stable position (``index``, the ``--onl
 array job) and a readable id, e.g. ``recipe=logit_kd__ame_weight=50__seed=0``, which names its run
 directory ``<output>/<id>/``. The run directory holds the executed notebook, ``parameters.json``,
 ``environment.json``, ``status.json`` (status, parameters, code version, timings, error and traceback)
-and whatever the notebook writes there, at least ``metrics.json``.
+and whatever the notebook writes there, at least ``metrics.json``. TensorBoard logs the run writes
+(``run_experiment`` does) are tagged with the run's grid point, so ``tensorboard --logdir <output>`` shows
+one line per run and the HParams table.
 
 Running is idempotent: a run whose ``status.json`` says ``done`` with the same parameters and the same
 :func:`code_version` is skipped; failed or interrupted runs are retried from an empty directory; a done
@@ -773,8 +775,20 @@ def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | 
         status["error"], status["traceback"] = _error_text(err)
     status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     status["duration_s"] = round(time.perf_counter() - start, 2)
+    _tag_tensorboard(run_dir, run, status)
     write_json(run_dir / STATUS_FILE, status)
     return status
+
+
+def _tag_tensorboard(run_dir: Path, run: Run, status: dict) -> None:
+    """Tag the run's TensorBoard logs with its grid point, so that TensorBoard on the sweep's output shows
+    one line per run and the HParams table; a failure is recorded, never turned into a failed run."""
+    from .loggers import tag_hparams
+
+    try:
+        tag_hparams(run_dir, run.grid)
+    except Exception as err:  # noqa: BLE001 - the run's own results stand whatever happens to its view
+        status["tensorboard_error"] = f"{type(err).__name__}: {err}"
 
 
 def _prepare(planned: PlannedRun, output: Path) -> list:

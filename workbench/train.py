@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .image_sources import IMAGE_MEAN, IMAGE_STD, as_source, images_to_device, in_order, normalize_images  # noqa: F401
+from .loggers import Sinks, open_sinks
 
 OPTIMIZERS = ("adamw", "sgd")
 SELECTION_POLICIES = ("last", "best_val", "best_base_test")
@@ -287,7 +288,7 @@ class ModelSelector:
 def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         num_samples: int, config: OptimConfig, device: torch.device, log_path: str | Path | None = None,
         progress: bool = False, checkpoint_path: str | Path | None = None,
-        selector: ModelSelector | None = None, images=None) -> list[dict]:
+        selector: ModelSelector | None = None, images=None, loggers: list[str] | None = None) -> list[dict]:
     """Train ``modules`` by minimising the summed ``*_loss`` terms of ``step_loss``.
 
     Parameters
@@ -304,7 +305,9 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     device : torch.device
         Where the indices live; the caller has already moved modules and data there.
     log_path : path, optional
-        JSONL file receiving one record per step (epoch, step, lr and every term).
+        JSONL file receiving one record per step (epoch, step, lr and every term). The same records go
+        to the views of the run (TensorBoard, W&B: :mod:`workbench.loggers`) that an enclosing
+        :func:`workbench.loggers.run_views` opened, or that ``loggers`` names.
     progress : bool
         Show a tqdm progress bar.
     checkpoint_path : path, optional
@@ -318,6 +321,10 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         Where each batch's pixels come from (:mod:`workbench.image_sources`; ``num_samples`` must be
         its length). A manifest source decodes the epoch's batches in its loader workers while the
         model trains; with ``on_error="skip"`` a batch's indices leave out unreadable images.
+    loggers : list of str, optional
+        Views to open next to ``log_path`` for this call only, e.g. ``["jsonl", "tensorboard"]``
+        (:data:`workbench.loggers.LOGGERS`); default: the enclosing run's views, else the JSONL alone.
+        The model-selection score of each epoch goes to the views as ``eval/<policy>_score``.
 
     Data parallel
     -------------
@@ -361,7 +368,9 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         for tensor in [p.data for p in params] + [b for m in modules for b in m.buffers()]:
             collective(torch.distributed.broadcast, tensor, src=0, what="fit: sharing rank 0's parameters")
     writer = rank == 0
-    log_file = open(log_path, "a") if log_path and writer else None
+    # One logging path: every record goes to each sink — train.jsonl and the views of it (TensorBoard,
+    # W&B) — which open only now that the resume step is known, so a resumed run shows each step once.
+    sinks = open_sinks(log_path, loggers, step) if writer else Sinks()
     bar = None
     if progress and writer:
         from tqdm.auto import tqdm
@@ -404,23 +413,22 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
                           "loss": values[1], **dict(zip(terms, values[2:]))}
                 history.append(record)
-                if log_file:
-                    log_file.write(json.dumps(record) + "\n")
+                sinks.write(record)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                 step += 1
-            if log_file:
-                log_file.flush()
+            sinks.flush()
             selector.observe(epoch, modules)
+            if selector.scores:  # at the epoch's last step: a resume purges from the next step on
+                sinks.scalars({f"eval/{selector.policy}_score": selector.scores[-1]}, step - 1)
             if checkpoint_path and writer:
                 _save_checkpoint(checkpoint_path, modules, optimizer, scheduler, order, epoch + 1, step, selector)
         selector.restore(modules)
     finally:
         for module in modules:
             module.eval()
-        if log_file:
-            log_file.close()
+        sinks.close()
         if bar is not None:
             bar.close()
     return history
