@@ -154,7 +154,26 @@ class WandbSink:
         self.run.finish()
 
 
-class RunViews:
+class _FanOut:
+    """Hands each record (or scalar set) to every sink in ``self.sinks``."""
+
+    sinks: list
+
+    def write(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+
+    def scalars(self, values: dict, step: int) -> None:
+        if values:
+            for sink in self.sinks:
+                sink.scalars(values, step)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+
+class RunViews(_FanOut):
     """The views (TensorBoard, W&B) of one run's records, in ``log_dir``; opened when training starts.
 
     ``names`` is the run's logger list (``jsonl`` is the log file ``fit`` writes itself). ``config`` is
@@ -173,19 +192,6 @@ class RunViews:
             self.sinks.append(TensorBoardSink(self.log_dir, step))
         if "wandb" in self.names:
             self.sinks.append(WandbSink(self.log_dir, self.config))
-
-    def write(self, record: dict) -> None:
-        for sink in self.sinks:
-            sink.write(record)
-
-    def scalars(self, values: dict, step: int) -> None:
-        if values:
-            for sink in self.sinks:
-                sink.scalars(values, step)
-
-    def flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
 
     def close(self) -> None:
         sinks, self.sinks = self.sinks, []
@@ -214,23 +220,11 @@ def run_views(names, log_dir: str | os.PathLike, enabled: bool = True, config: d
             views.close()
 
 
-class Sinks:
+class Sinks(_FanOut):
     """What one ``fit`` call writes to: its JSONL log and the run's views; closes only what it opened."""
 
     def __init__(self, sinks: list | None = None, owned: list | None = None):
         self.sinks, self.owned = list(sinks or []), list(owned or [])
-
-    def write(self, record: dict) -> None:
-        for sink in self.sinks:
-            sink.write(record)
-
-    def scalars(self, values: dict, step: int) -> None:
-        for sink in self.sinks:
-            sink.scalars(values, step)
-
-    def flush(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
 
     def close(self) -> None:
         for sink in self.owned:
