@@ -18,16 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .image_sources import as_source, in_order
+from .image_sources import array_fingerprint, as_source, in_order  # noqa: F401  (cache.array_fingerprint)
 from .train import autocast
-
-
-def array_fingerprint(array) -> str:
-    """Short SHA-256 of an array's shape, dtype and bytes."""
-    array = np.ascontiguousarray(np.asarray(array))
-    digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
-    digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()[:16]
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -34,6 +34,15 @@ IMAGE_MEAN = 0.5
 IMAGE_STD = 0.5
 
 
+def array_fingerprint(array) -> str:
+    """Short SHA-256 of an array's shape, dtype and bytes."""
+    array = np.ascontiguousarray(np.asarray(array))
+    digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
+
 def images_to_device(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 NHWC images → uint8 NCHW tensor on ``device`` (pinned first on CUDA for async copies)."""
     tensor = torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()
@@ -68,7 +77,6 @@ class ArrayImages:
         return len(self.images)
 
     def fingerprint(self) -> str:
-        from .cache import array_fingerprint
         return array_fingerprint(self.images)
 
     def subset(self, indices) -> "ArrayImages":

@@ -404,36 +404,6 @@ def image_transforms(model: nn.Module) -> tuple[object, object]:
     return image_transform_v2(cfg, is_train=True), image_transform_v2(cfg, is_train=False)
 
 
-def load_model_pair(model_pair: str = "embedded", teacher: dict | str | None = None,
-                    student: dict | str | None = None) -> dict[str, dict]:
-    """``{"teacher": {"name", "pretrained"}, "student": {...}}`` from a preset of ``presets/model_pairs.yaml``.
-
-    ``teacher``/``student`` replace a side: a mapping ``{name, pretrained}`` or just a model reference
-    (``local-dir:…`` and ``hf-hub:…`` carry their weights). Unknown pairs raise ``ValueError`` naming
-    the known ones.
-    """
-    from .presets import load_preset
-
-    pairs = load_preset("model_pairs")
-    if model_pair not in pairs:
-        raise ValueError(f"unknown model_pair {model_pair!r}; known: {', '.join(pairs)}")
-    out = {side: dict(pairs[model_pair][side]) for side in ("teacher", "student")}
-    for side, given in (("teacher", teacher), ("student", student)):
-        if given in (None, "", {}):
-            continue
-        ref = {"name": given} if isinstance(given, str) else dict(given)
-        unknown = set(ref) - {"name", "pretrained"}
-        if unknown or not isinstance(ref.get("name"), str) or not ref["name"]:
-            raise ValueError(f"{side} must be a model reference or a mapping with 'name' (and 'pretrained'); "
-                             f"got {given!r}")
-        out[side] = {"name": ref["name"], "pretrained": ref.get("pretrained")}
-    embedded = [side for side, ref in out.items() if ref["name"] in list_embedded_models()]
-    if len(embedded) == 1:
-        raise ValueError(f"the {embedded[0]} is an embedded model and the other side is not; embedded models are "
-                         "pretrained together on the embedded world (model_pair: embedded) — pair them with each other")
-    return out
-
-
 def checkpoint_path(pretrained: str | None) -> bool:
     """Whether ``pretrained`` names a checkpoint file rather than a pretrained tag."""
     return bool(pretrained) and pretrained.endswith(CHECKPOINT_SUFFIXES)

@@ -81,6 +81,9 @@ SPEC_FIELDS = ("name", "description", "notebook", "notebooks", "output", "parame
                "cell_timeout", "report", "in_process", "cluster")
 # The notebook whose whole work is one library call, which in_process specs make directly.
 IN_PROCESS_NOTEBOOK = "run_experiment.ipynb"
+# Notebooks whose whole work is one library call, by name -> "module:function" that call makes. Sweeps sit
+# above the experiment layer; they reach its step runner through this table rather than an import.
+IN_PROCESS_RUNNERS = {IN_PROCESS_NOTEBOOK: "workbench.experiment:run_step"}
 STATES = ("missing", "done", "failed", "incomplete", "running", "stale", "conflict")
 JOB_FILE = "job.json"  # written by submit_pipeline into the run directory of every submitted run
 SUBMITIT_DIR = "submitit"  # submitit's pickles and job logs, under the output directory
@@ -117,6 +120,14 @@ def run_notebook(notebook: str | os.PathLike, run_dir: str | os.PathLike, parame
                                cwd=str(REPO_ROOT), progress_bar=progress, execution_timeout=execution_timeout,
                                kernel_manager_class=_local_kernel_manager())
     return output
+
+
+def _in_process_runner(notebook):
+    """The library function that ``notebook`` (a key of :data:`IN_PROCESS_RUNNERS`) calls, imported by name."""
+    import importlib
+
+    module, _, function = IN_PROCESS_RUNNERS[Path(notebook).name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _local_kernel_manager():
@@ -450,7 +461,7 @@ class PipelineSpec:
         in_process = data.get("in_process", False)
         if not isinstance(in_process, bool):
             _fail(origin, "in_process", f"expected true or false, got {in_process!r}")
-        if in_process and any(Path(n).name != IN_PROCESS_NOTEBOOK for n in notebooks):
+        if in_process and any(Path(n).name not in IN_PROCESS_RUNNERS for n in notebooks):
             _fail(origin, "in_process", f"only specs of notebooks/{IN_PROCESS_NOTEBOOK} can run in process "
                                         f"(its one call, workbench.experiment.run_step, is made directly)")
 
@@ -758,8 +769,7 @@ def execute_run(run: Run, output: str | os.PathLike, version: str, code: dict | 
     start = time.perf_counter()
     try:
         if in_process:
-            from .experiment import run_step
-
+            run_step = _in_process_runner(run.notebook)
             write_json(run_dir / "parameters.json", {"notebook": run.notebook.name, "in_process": True,
                                                      "parameters": run.parameters})
             write_json(run_dir / "environment.json", environment_info())

@@ -217,11 +217,42 @@ def _embedded_task(config, device: torch.device) -> Task:
 
 
 # ----------------------------------------------------------------------------- manifests and open_clip pairs
+def load_model_pair(model_pair: str = "embedded", teacher: dict | str | None = None,
+                    student: dict | str | None = None) -> dict[str, dict]:
+    """``{"teacher": {"name", "pretrained"}, "student": {...}}`` from a preset of ``presets/model_pairs.yaml``.
+
+    ``teacher``/``student`` replace a side: a mapping ``{name, pretrained}`` or just a model reference
+    (``local-dir:…`` and ``hf-hub:…`` carry their weights). Unknown pairs raise ``ValueError`` naming
+    the known ones.
+    """
+    from .models import list_embedded_models
+    from .presets import load_preset
+
+    pairs = load_preset("model_pairs")
+    if model_pair not in pairs:
+        raise ValueError(f"unknown model_pair {model_pair!r}; known: {', '.join(pairs)}")
+    out = {side: dict(pairs[model_pair][side]) for side in ("teacher", "student")}
+    for side, given in (("teacher", teacher), ("student", student)):
+        if given in (None, "", {}):
+            continue
+        ref = {"name": given} if isinstance(given, str) else dict(given)
+        unknown = set(ref) - {"name", "pretrained"}
+        if unknown or not isinstance(ref.get("name"), str) or not ref["name"]:
+            raise ValueError(f"{side} must be a model reference or a mapping with 'name' (and 'pretrained'); "
+                             f"got {given!r}")
+        out[side] = {"name": ref["name"], "pretrained": ref.get("pretrained")}
+    embedded = [side for side, ref in out.items() if ref["name"] in list_embedded_models()]
+    if len(embedded) == 1:
+        raise ValueError(f"the {embedded[0]} is an embedded model and the other side is not; embedded models are "
+                         "pretrained together on the embedded world (model_pair: embedded) — pair them with each other")
+    return out
+
+
 def _load_pair(config, device: torch.device) -> dict:
     """``{side: (model, tokenizer)}``; the embedded pair comes from the zoo (pretrained on the world)."""
     from . import models
 
-    pair = models.load_model_pair(config.model_pair, config.teacher, config.student)
+    pair = load_model_pair(config.model_pair, config.teacher, config.student)
     if pair["teacher"]["name"] in models.list_embedded_models():
         setup = _embedded_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device))
         return {"teacher": (setup["teacher"], setup["tokenizer"]),
