@@ -55,6 +55,7 @@ import platform
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import traceback as tb
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ META_COLUMNS = ("run_id", "grid_index", "notebook", "status", "code_version", "g
 SPEC_FIELDS = ("name", "description", "notebook", "notebooks", "output", "parameters", "grid", "exclude",
                "cell_timeout", "report", "in_process", "cluster")
 # The notebook whose whole work is one library call, which in_process specs make directly.
+KERNEL_START_TIMEOUT = 300  # seconds; papermill's 60 s is too short when a sweep starts kernels on a busy node
 IN_PROCESS_NOTEBOOK = "run_experiment.ipynb"
 # Notebooks whose whole work is one library call, by name -> "module:function" that call makes. Sweeps sit
 # above the experiment layer; they reach its step runner through this table rather than an import.
@@ -116,9 +118,14 @@ def run_notebook(notebook: str | os.PathLike, run_dir: str | os.PathLike, parame
     write_json(run_dir / "parameters.json", {"notebook": notebook.name, "parameters": parameters})
     write_json(run_dir / "environment.json", environment_info())
     output = run_dir / notebook.name
-    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                               cwd=str(REPO_ROOT), progress_bar=progress, execution_timeout=execution_timeout,
-                               kernel_manager_class=_local_kernel_manager())
+    sockets = tempfile.mkdtemp(prefix="wb-kernel-")  # short: Unix socket paths are limited to ~100 bytes
+    try:
+        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                                   cwd=str(REPO_ROOT), progress_bar=progress, execution_timeout=execution_timeout,
+                                   kernel_manager_class=_local_kernel_manager(sockets),
+                                   start_timeout=KERNEL_START_TIMEOUT)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     return output
 
 
@@ -130,15 +137,18 @@ def _in_process_runner(notebook):
     return getattr(importlib.import_module(module), function)
 
 
-def _local_kernel_manager():
-    """A Jupyter kernel manager talking to its kernel over Unix sockets (``transport = "ipc"``).
+def _local_kernel_manager(directory: str):
+    """A Jupyter kernel manager talking to its kernel over Unix sockets in ``directory`` (its own).
 
     The kernel only ever serves this process, so nothing needs TCP; over TCP without CurveZMQ keys
-    ipykernel warns (rightly) that anyone on the machine could connect, on every notebook run.
+    ipykernel warns (rightly) that anyone on the machine could connect, on every notebook run. Each
+    notebook gets a directory of its own: by default IPC sockets are named after the working
+    directory, where notebooks executed at once (a sweep's workers) would take each other's sockets.
     """
     from jupyter_client.manager import AsyncKernelManager
 
-    return type("LocalKernelManager", (AsyncKernelManager,), {"transport": "ipc"})
+    return type("LocalKernelManager", (AsyncKernelManager,), {"transport": "ipc",
+                                                              "ip": os.path.join(directory, "kernel")})
 
 
 def check_parameters(values: dict, expected: dict[str, type | tuple[type, ...]]) -> None:
