@@ -49,3 +49,27 @@ def test_no_module_of_the_package_imports_itself_round_a_cycle():
     graph = _import_graph()
     assert len(graph) > 20
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_public_names_resolve_to_their_modules_and_the_package_imports_cheaply():
+    import subprocess
+    import sys
+
+    import workbench
+
+    for name, module in workbench._EXPORTS.items():
+        value = getattr(workbench, name)
+        assert getattr(__import__(f"workbench.{module}", fromlist=[name]), name) is value, name
+    assert set(workbench._EXPORTS) <= set(dir(workbench))
+    # A fresh interpreter: importing the package (and a loss) pulls in no plotting or model-zoo code.
+    probe = ("import sys, workbench; from workbench import AMELoss; "
+             "print(sorted(m for m in ('open_clip', 'plotly', 'umap', 'papermill') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    try:
+        workbench.NoSuchName
+    except AttributeError as err:
+        assert "no attribute 'NoSuchName'" in str(err)
+    else:
+        raise AssertionError("unknown names must raise AttributeError")
