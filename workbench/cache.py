@@ -42,7 +42,8 @@ def load_features(path: str | os.PathLike) -> torch.Tensor:
 
 @torch.no_grad()
 def cached_image_features(model: nn.Module, images, cache_dir: str | os.PathLike, batch_size: int = 512,
-                          device: torch.device | None = None, dtype=np.float32) -> tuple[torch.Tensor, Path]:
+                          device: torch.device | None = None, dtype=np.float32,
+                          fingerprint: str | None = None) -> tuple[torch.Tensor, Path]:
     """Unit-norm image embeddings of ``images`` by ``model``, cached under ``cache_dir``.
 
     ``images`` is a uint8 NHWC array or an un-augmented image source (:mod:`workbench.image_sources`,
@@ -51,6 +52,8 @@ def cached_image_features(model: nn.Module, images, cache_dir: str | os.PathLike
     and the source's fingerprint (the pixels of an array; split list, chosen images and transform of
     a manifest), so changed weights or images never reuse stale features. ``dtype=np.float16`` halves
     the file for large datasets. Rows of images a manifest source skipped as unreadable are NaN.
+    ``fingerprint`` is ``model_fingerprint(model)`` when the caller has it already (hashing a ViT-L/14's
+    weights takes seconds; a run looks features up for several image sets).
     """
     source = as_source(images)
     if len(source) == 0:
@@ -59,7 +62,7 @@ def cached_image_features(model: nn.Module, images, cache_dir: str | os.PathLike
         raise ValueError("cached teacher features need un-augmented views; an augmenting recipe runs the "
                          "teacher live (teacher_mode: live)")
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"features-{model_fingerprint(model)}-{source.fingerprint()}.npy"
+    path = cache_dir / f"features-{fingerprint or model_fingerprint(model)}-{source.fingerprint()}.npy"
     if path.is_file():
         return load_features(path), path
     cache_dir.mkdir(parents=True, exist_ok=True)

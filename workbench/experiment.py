@@ -214,7 +214,8 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     teacher_scale = float(task.teacher.logit_scale.detach().exp())
     live = settings.teacher_mode == "live"
     train_features = None if live else _rank_zero_first(
-        lambda: cached_image_features(task.teacher, task.teacher_train_images, teacher_cache, device=device)[0])
+        lambda: cached_image_features(task.teacher, task.teacher_train_images, teacher_cache, device=device,
+                                      fingerprint=task.teacher_fingerprint)[0])
     targets = recipes.TeacherTargets(train_features, teacher_scale, model=task.teacher,
                                      preprocess_cfg=models.preprocess_cfg(task.teacher))
     # The run's views of its training log (TensorBoard, W&B), rank 0's only; fit writes to them too.
@@ -233,14 +234,16 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
             models.save_tensors(added, run_dir / "recipe_modules.safetensors", metadata={"recipe": settings.recipe})
 
         primary, *transfer = task.evaluations
-        stats = evaluate_set(result, task.teacher, primary, teacher_cache, device, run_dir=run_dir)
+        stats = evaluate_set(result, task.teacher, primary, teacher_cache, device, run_dir=run_dir,
+                             teacher_fingerprint=task.teacher_fingerprint)
         metrics = {"dataset": task.dataset, "protocol": task.protocol, "skipped_images": stats.pop("skipped_images")}
         if primary.base is not None:
             metrics.update(base_acc=stats["base_acc"], new_acc=stats["new_acc"], hm=stats["hm"])
         else:
             metrics["accuracy"] = stats["accuracy"]
         if transfer:
-            scores = {ev.name: evaluate_set(result, task.teacher, ev, teacher_cache, device)["accuracy"]
+            scores = {ev.name: evaluate_set(result, task.teacher, ev, teacher_cache, device,
+                                               teacher_fingerprint=task.teacher_fingerprint)["accuracy"]
                       for ev in transfer}  # unreadable target images (on_error: skip) are left out of their accuracy
             metrics.update(targets=scores, target_mean=float(np.mean(list(scores.values()))))
         metrics.update({"analysis": stats, "steps": len(history), "selection": result.selection, **result.extras,
@@ -252,7 +255,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
 
 
 def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch.device,
-                 run_dir: Path | None = None) -> dict:
+                 run_dir: Path | None = None, teacher_fingerprint: str | None = None) -> dict:
     """Analysis metrics of a distilled student on one evaluation set (base / new / HM or accuracy).
 
     The student is scored against its own class vectors (the teacher's for recipes that project into
@@ -269,7 +272,7 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
     vectors = (evaluation.teacher_vectors if result.scores_in_teacher_space else own).float().cpu()
     features, logits, kept = predict_source(result.model, evaluation.student_images, vectors, device=device)
     teacher_features = cached_image_features(teacher, evaluation.teacher_images, teacher_cache,
-                                             device=device)[0][kept].float()
+                                             device=device, fingerprint=teacher_fingerprint)[0][kept].float()
     teacher_scale = float(teacher.logit_scale.detach().exp())
     teacher_logits = teacher_scale * teacher_features @ evaluation.teacher_vectors.float().cpu().T
     labels = np.asarray(evaluation.labels)[kept]

@@ -86,6 +86,7 @@ class Task:
     base_test: tuple | None  # (image source, labels) of the base classes' test images
     evaluations: list[EvalSet]  # the dataset's own test split first, then transfer targets
     description: dict = field(default_factory=dict)  # what dataset.json records
+    teacher_fingerprint: str | None = None  # cache.model_fingerprint(teacher), computed once (None: when needed)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -340,7 +341,7 @@ def _manifest_task(config, device: torch.device) -> Task:
                 student_vectors, train_images, teacher_train, np.asarray(train_labels), np.asarray(train_classes),
                 (student_view(manifest, "train", validation), labels[validation]) if len(validation) else None,
                 base_test, evaluations,
-                description)
+                description, fingerprints["teacher"])
 
 
 def prepare_task(config, device: torch.device) -> Task:
@@ -367,9 +368,10 @@ def run_images(run_dir: str | os.PathLike):
     if path is None:
         raise FileNotFoundError(f"{run_dir} holds no dataset.json (written by workbench.experiment.run_experiment)")
     info = read_json(path)
-    embeddings = path.parent / "embeddings.npz"
-    kept = np.load(embeddings)["image_index"] if embeddings.is_file() and "image_index" in np.load(embeddings) \
-        else None  # rows of samples.csv: the test images that were readable
+    kept = None  # rows of samples.csv: the test images that were readable
+    if (path.parent / "embeddings.npz").is_file():
+        with np.load(path.parent / "embeddings.npz") as arrays:
+            kept = arrays["image_index"] if "image_index" in arrays else None
     if info["kind"] == EMBEDDED_WORLD:
         from . import world
         from .presets import QuickstartConfig
