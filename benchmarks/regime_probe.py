@@ -273,13 +273,14 @@ def run_seed(seed: int, args, teacher_recipe: dict, student_recipe: dict, device
         kd_optim = OptimConfig(**{**KD_OPTIM, **json.loads(args.kd_optim)})
         trans_optim = OptimConfig(**{**KD_OPTIM, **json.loads(args.kd_optim), **json.loads(args.trans_optim)})
         # transductive: every unlabelled training image, soft labels over all classes
-        t0 = time.perf_counter()
-        result = recipes.distill(copy.deepcopy(student), train.images, targets_all, vectors,
-                                 recipes.DistillConfig(recipe="logit_kd", temperature=args.temperature,
-                                                       optim=trans_optim), device)
-        times["kd_transductive"] = time.perf_counter() - t0
-        rows["kd_transductive"] = eval_model(result.model, test, vectors, spec, base, new)
-        print(f"[seed {seed}] kd_trans {fmt_row(rows['kd_transductive'])}", flush=True)
+        if not args.skip_transductive:
+            t0 = time.perf_counter()
+            result = recipes.distill(copy.deepcopy(student), train.images, targets_all, vectors,
+                                     recipes.DistillConfig(recipe="logit_kd", temperature=args.temperature,
+                                                           optim=trans_optim), device)
+            times["kd_transductive"] = time.perf_counter() - t0
+            rows["kd_transductive"] = eval_model(result.model, test, vectors, spec, base, new)
+            print(f"[seed {seed}] kd_trans {fmt_row(rows['kd_transductive'])}", flush=True)
         # inductive K-shot: labelled base-class shots only, logits over the base classes
         shots = protocol.few_shot_indices(train.labels, args.shots, seed=0, classes=base)
         t0 = time.perf_counter()
@@ -296,12 +297,13 @@ def run_seed(seed: int, args, teacher_recipe: dict, student_recipe: dict, device
               "teacher_ambiguity_spearman": rows["teacher"]["spearman_amb"],
               "student_colour_acc": rows["student_zs"]["colour_acc"],
               "student_shape_acc": rows["student_zs"]["shape_acc"]}
-    if not args.skip_kd:
+    if not args.skip_kd and not args.skip_transductive:
         gap = rows["teacher"]["hm"] - rows["student_zs"]["hm"]
         regime.update(kd_transductive_hm=rows["kd_transductive"]["hm"],
                       gap_closed_transductive=(rows["kd_transductive"]["hm"] - rows["student_zs"]["hm"]) / gap
-                      if gap > 0 else float("nan"),
-                      kd_inductive_base_gain=rows["kd_inductive"]["base_acc"] - rows["student_zs"]["base_acc"],
+                      if gap > 0 else float("nan"))
+    if not args.skip_kd:
+        regime.update(kd_inductive_base_gain=rows["kd_inductive"]["base_acc"] - rows["student_zs"]["base_acc"],
                       kd_inductive_hm=rows["kd_inductive"]["hm"])
     times = {k: round(v, 1) for k, v in times.items()}
     times["pipeline_total"] = round(sum(v for k, v in times.items() if k != "world"), 1)
@@ -402,6 +404,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--kd-optim", default="{}", help="JSON merged into the KD optimiser settings")
     parser.add_argument("--trans-optim", default="{}", help="JSON merged into the transductive KD settings only")
     parser.add_argument("--skip-kd", action="store_true")
+    parser.add_argument("--skip-transductive", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default="/tmp/regime/cache")
     parser.add_argument("--out", default=None, help="write the results as JSON here")

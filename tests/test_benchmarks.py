@@ -121,3 +121,31 @@ def test_real_pair_plumbing_runs_image_files_through_both_recipes(capsys):
 def test_real_pair_plumbing_refuses_fewer_than_three_steps():
     with pytest.raises(SystemExit):
         _load("real_pair_plumbing").parse_args(["--steps", "2"])
+
+
+def test_regime_benchmark_reads_finished_seeds_and_reports_mean_std(tmp_path, capsys):
+    import json
+
+    from workbench.regime import regime
+
+    def metrics(seed):
+        row = {"base_acc": 0.5 + seed / 100, "new_acc": 0.5, "hm": 0.5 + seed / 200, "acc_clean": 0.6,
+               "colour_acc": 0.9, "shape_acc": 0.4, "ambiguity_auroc": 0.7, "ambiguity_spearman": 0.3}
+        teacher = {**row, "hm": 0.95, "acc_clean": 0.97, "ambiguity_auroc": 0.8 + seed / 100,
+                   "ambiguity_spearman": 0.6}
+        models = {"teacher zero-shot": teacher, "student zero-shot": row, "KD (transductive)": {**row, "hm": 0.85},
+                  "KD (inductive)": row}
+        summary = regime({"teacher": teacher, "student_zs": row, "kd_transductive": models["KD (transductive)"],
+                          "kd_inductive": row})
+        return {"regime": summary, "models": models,
+                "domains": {m: {"in_distribution": 0.9, "blur": 0.8, "domain_average": 0.8} for m in models},
+                "timings": {"setup_s": 10.0, "distill_s": 5.0}}
+
+    for seed in (0, 1):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "metrics.json").write_text(json.dumps(metrics(seed)))
+    text = _load("regime").main(["--seeds", "0,1", "--out-dir", str(tmp_path)])
+    assert "| teacher_ambiguity_auroc | 0.800 | 0.810 | 0.805 ± 0.007 | >= 0.75 | yes |" in text
+    assert "| kd_inductive_base_gain | 0.000 | 0.000 | 0.000 ± 0.000 | >= 0.10 | no |" in text
+    assert "| student zero-shot | 50.5 ± 0.7 |" in text and "| teacher zero-shot | 90.0 | 80.0 | 80.0 |" in text
+    assert text in capsys.readouterr().out

@@ -15,10 +15,11 @@ def test_embedded_configs_are_listed_and_unknown_names_rejected():
 
 
 def test_student_is_clearly_smaller_than_teacher():
+    # Same depth and patch size, narrower: about 1.8x fewer image-tower weights (ViT-B/16 vs L/14: about 3.5x).
     def vision_params(name):
         cfg = models.load_model_config(name)["vision_cfg"]
         return cfg["width"] ** 2 * cfg["layers"]
-    assert vision_params("embedded-vit-teacher") >= 5 * vision_params("embedded-vit-student")
+    assert vision_params("embedded-vit-teacher") >= 1.5 * vision_params("embedded-vit-student")
 
 
 def test_text_tower_is_pretrained_minilm_and_locked(student_and_tokenizer):

@@ -21,7 +21,9 @@ import pytest
 from workbench.pipeline import NOTEBOOK_DIR, run_notebook
 from workbench.runs import create_run_dir
 
-MODELS = ("teacher zero-shot", "student zero-shot", "KD", "KD + AME")
+MODELS = ("teacher zero-shot", "student zero-shot", "KD (inductive)", "KD + AME (inductive)", "KD (transductive)",
+          "KD + AME (transductive)")
+RUNS = ("kd_inductive", "kd_ame_inductive", "kd_transductive", "kd_ame_transductive")  # file slugs of the KD runs
 CELL_TIMEOUT = 600  # seconds one cell may run before the notebook fails (a hang, not a slow machine)
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 SECONDS = {}  # notebook -> papermill wall time, reported by test_notebook_runtimes
@@ -97,14 +99,42 @@ def test_quickstart_writes_metrics_with_every_model_and_key(quickstart_run):
         b, n = result["base_acc"], result["new_acc"]
         assert result["hm"] == pytest.approx(0 if b + n == 0 else 2 * b * n / (b + n))
     assert metrics["settings"]["smoke"] is True and metrics["settings"]["shots"] == 4
-    assert {"world_s", "models_s", "distill_s", "figure_s"} <= set(metrics["timings"])
+    assert metrics["settings"]["images"] == {"inductive": 4 * 15, "transductive": 900, "test": 300, "per_domain": 60}
+    assert {"setup_s", "distill_s", "domains_s", "figure_s"} <= set(metrics["timings"])
 
 
-def test_quickstart_logs_ame_entropy_only_in_the_ame_run(quickstart_run):
-    kd = [json.loads(line) for line in (quickstart_run / "kd.jsonl").read_text().splitlines()]
-    ame = [json.loads(line) for line in (quickstart_run / "kd_ame.jsonl").read_text().splitlines()]
-    assert kd and ame and len(kd) == len(ame)
-    assert "manifold_entropy" not in kd[0] and "manifold_entropy" in ame[0]
+def test_quickstart_reports_the_regime_and_every_domain(quickstart_run):
+    from workbench.regime import TARGETS, meets
+
+    metrics = json.loads((quickstart_run / "metrics.json").read_text())
+    summary, models = metrics["regime"], metrics["models"]
+    assert set(TARGETS) <= set(summary)
+    assert summary["teacher_hm"] == models["teacher zero-shot"]["hm"]
+    assert summary["kd_inductive_base_gain"] == pytest.approx(
+        models["KD (inductive)"]["base_acc"] - models["student zero-shot"]["base_acc"])
+    gap = models["teacher zero-shot"]["hm"] - models["student zero-shot"]["hm"]
+    if gap > 0:
+        assert summary["gap_closed_transductive"] == pytest.approx(
+            (models["KD (transductive)"]["hm"] - models["student zero-shot"]["hm"]) / gap)
+    assert summary["met"] == {k: meets(k, summary[k]) for k in TARGETS if summary[k] is not None}
+    for name in MODELS:
+        assert {"colour_acc", "shape_acc", "acc_clean", "ambiguity_auroc", "ambiguity_spearman"} <= set(models[name])
+    domains = metrics["domains"]
+    assert set(domains) == set(MODELS)
+    expected = {"in_distribution", "blur", "hue_shift", "sketch", "unseen_background", "unseen_texture",
+                "domain_average"}
+    for row in domains.values():
+        assert set(row) == expected
+        assert row["domain_average"] == pytest.approx(
+            sum(row[d] for d in expected - {"in_distribution", "domain_average"}) / 5)
+
+
+def test_quickstart_logs_ame_entropy_only_in_the_ame_runs(quickstart_run):
+    for protocol in ("inductive", "transductive"):
+        kd = [json.loads(line) for line in (quickstart_run / f"kd_{protocol}.jsonl").read_text().splitlines()]
+        ame = [json.loads(line) for line in (quickstart_run / f"kd_ame_{protocol}.jsonl").read_text().splitlines()]
+        assert kd and ame and len(kd) == len(ame)
+        assert "manifold_entropy" not in kd[0] and "manifold_entropy" in ame[0]
 
 
 def test_quickstart_figure_is_self_contained_plotly_html(quickstart_run):
@@ -140,10 +170,10 @@ def test_quickstart_writes_per_sample_tables_and_analysis(quickstart_run):
     assert set(metrics["analysis"]) == set(MODELS)
     for name in MODELS:
         assert {"ambiguity/spearman", "calibration/ece", "alignment/effective_rank"} <= set(metrics["analysis"][name])
-    table = read_table(quickstart_run / "samples_kd_ame.csv")
+    table = read_table(quickstart_run / "samples_kd_ame_transductive.csv")
     assert len(table["entropy"]) == 300  # the smoke test split
     assert {"predicted", "runner_up", "margin", "kl_teacher_student", "true_ambiguity"} <= set(table)
-    assert metrics["kd_vs_kd_ame"]["n"] == 300
+    assert metrics["kd_vs_kd_ame"]["inductive"]["n"] == metrics["kd_vs_kd_ame"]["transductive"]["n"] == 300
 
 
 def test_quickstart_saves_distilled_students_that_reload(quickstart_run):
@@ -153,7 +183,7 @@ def test_quickstart_saves_distilled_students_that_reload(quickstart_run):
     from workbench import models
     from workbench.train import encode_images
 
-    for slug in ("kd", "kd_ame"):
+    for slug in RUNS:
         student, _ = models.create_embedded_model("embedded-vit-student")
         models.load_weights(student, quickstart_run / f"student_{slug}.safetensors")
         features = encode_images(student, np.zeros((2, 32, 32, 3), dtype=np.uint8))

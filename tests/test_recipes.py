@@ -59,8 +59,8 @@ def test_prompted_student_trains_prompts_and_projector_only(student_and_tokenize
     assert model.encode_image(torch.randn(2, 3, 32, 32), normalize=True).shape == (2, 128)
     square = PromptedStudent(copy.deepcopy(student_and_tokenizer[0]), 384, 50.0)
     torch.testing.assert_close(square.projector.weight, torch.eye(384))  # starts at the student's own embedding
-    with pytest.raises(ValueError, match="prompt depth 5 exceeds the image tower's 2 layers"):
-        VisualPrompts(64, depth=5).encode(student.visual, torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="prompt depth 5 exceeds the image tower's 4 layers"):
+        VisualPrompts(96, depth=5).encode(student.visual, torch.randn(1, 3, 32, 32))
     with pytest.raises(TypeError, match="need an open_clip VisionTransformer"):
         VisualPrompts(8).encode(torch.nn.Linear(3, 3), torch.randn(1, 3))
 

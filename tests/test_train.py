@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -161,6 +162,37 @@ def test_zoo_pretrains_once_then_loads_from_cache(tmp_path):
     torch.testing.assert_close(encode_images(fresh, x), encode_images(model, x))
 
 
+def test_soft_label_targets_put_the_mixing_weight_on_the_partner():
+    from workbench.world import WorldSpec, generate_split
+
+    split = generate_split(WorldSpec(), "pretrain", 200, seed=0)
+    targets = zoo.soft_label_targets(split, 200)
+    torch.testing.assert_close(targets.sum(1), torch.ones(200))
+    for i in range(200):
+        assert targets[i, split.labels[i]] == pytest.approx(1 - split.ambiguity[i])
+        if split.partner[i] >= 0:
+            assert targets[i, split.partner[i]] == pytest.approx(split.ambiguity[i])
+    assert (targets > 0).sum(1).max() == 2 and (split.partner >= 0).any()
+
+
+def test_soft_label_pretraining_lowers_its_loss_and_needs_prompts(tmp_path, student_and_tokenizer):
+    from workbench.world import WorldSpec, generate_split
+
+    model, tokenizer = student_and_tokenizer
+    spec = WorldSpec()
+    split = generate_split(spec, "pretrain", 128, seed=0)
+    config = zoo.PretrainConfig("embedded-vit-student", 128, OptimConfig(epochs=3, batch_size=32, lr=2e-3),
+                                objective="soft_labels")
+    with pytest.raises(ValueError, match="soft_labels objective .* pass prompt_templates"):
+        zoo.pretrain(copy.deepcopy(model), tokenizer, split, config, torch.device("cpu"))
+    history = zoo.pretrain(copy.deepcopy(model), tokenizer, split, config, torch.device("cpu"),
+                           prompt_templates=spec.prompt_templates)
+    first, last = (sum(h["soft_label_loss"] for h in history[i:i + 4]) / 4 for i in (0, len(history) - 4))
+    assert last < first and "contrastive_loss" not in history[0]
+    with pytest.raises(ValueError, match="unknown pretraining objective 'mse'; known: contrastive, soft_labels"):
+        zoo.PretrainConfig("embedded-vit-student", 10, objective="mse")
+
+
 def test_pretrain_rejects_more_images_than_the_split_has(tmp_path, student_and_tokenizer):
     from workbench.world import WorldSpec, generate_split
 
@@ -245,3 +277,22 @@ def test_resume_drops_a_log_line_cut_short_by_a_crash(tmp_path):
     history = run()
     assert [r["step"] for r in history] == list(range(6))
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(6))
+
+
+def test_a_model_with_world_overrides_pretrains_on_its_narrower_split(tmp_path):
+    from workbench.world import WorldSpec, generate_split
+
+    spec = WorldSpec()
+    default = generate_split(spec, "pretrain", 64, seed=3)
+    config = zoo.PretrainConfig("embedded-vit-student", 32, world_overrides={"textures": ["plain"]})
+    split = zoo.pretraining_split(spec, config, tmp_path, seed=3, size=64, default=default)
+    np.testing.assert_array_equal(split.labels, default.labels)
+    assert set(split.factors["texture"]) == {"plain"} != set(default.factors["texture"])
+    assert zoo.pretraining_split(spec, zoo.PretrainConfig("embedded-vit-student", 32), tmp_path, 3, 64,
+                                 default) is default
+    plain = zoo.PretrainConfig("embedded-vit-student", 32)
+    assert zoo.cache_key(config, "w") != zoo.cache_key(plain, "w")
+    with pytest.raises(ValueError, match="world override 'colours'"):
+        zoo.PretrainConfig("embedded-vit-student", 32, world_overrides={"colours": {"red": [1, 2, 3]}})
+    with pytest.raises(ValueError, match="unknown pretraining settings \\['views'\\]"):
+        zoo.PretrainConfig.from_dict({"model": "embedded-vit-student", "num_images": 3, "views": 2})

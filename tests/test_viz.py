@@ -210,6 +210,20 @@ def test_class_colours_must_match_the_classes():
         viz.manifold_figure(image_xy, text_xy, labels, names, class_colours=["red", "blue"])
 
 
+def test_class_symbols_mark_each_class_filled_for_base_open_for_new():
+    images, texts, labels = _gapped_world()
+    image_xy, text_xy, _ = viz.joint_projection(images, texts, method="pca")
+    names = [f"class {i}" for i in range(len(texts))]
+    symbols = ["circle", "square", "triangle-up", "cross", "star"]
+    fig = viz.manifold_figure(image_xy, text_xy, labels, names, base_classes=[0, 1, 2], class_symbols=symbols)
+    base_trace, new_trace, text_trace = fig.data
+    assert set(base_trace.marker.symbol) <= {"circle", "square", "triangle-up"}
+    assert set(new_trace.marker.symbol) <= {"cross-open", "star-open"} and len(set(new_trace.marker.symbol)) == 2
+    assert list(text_trace.marker.symbol) == symbols
+    with pytest.raises(ValueError, match="class_symbols has 1 entries for 5 classes"):
+        viz.manifold_figure(image_xy, text_xy, labels, names, class_symbols=["circle"])
+
+
 # ----------------------------------------------------------------------------- comparison
 @pytest.fixture(scope="module")
 def two_runs(world_map):
@@ -288,6 +302,21 @@ def test_ambiguity_gallery_shows_the_most_ambiguous_samples(world_map):
     np.testing.assert_array_equal(by_kl.data[0].customdata, np.argsort(-table["kl_teacher_student"], kind="stable")[:2])
     with pytest.raises(ValueError, match="images has 3 entries but the table has 100 rows"):
         viz.ambiguity_gallery(pictures[:3], table)
+
+
+def test_ambiguity_gallery_captions_name_the_true_mixing_weight_and_partner(world_map):
+    w = world_map
+    n = len(w["labels"])
+    weight = np.where(np.arange(n) % 2 == 0, 0.3, 0.0)
+    partner = np.where(weight > 0, (np.asarray(w["labels"]) + 1) % len(w["names"]), -1)
+    table, _ = analysis.analyze_predictions(w["logits"], w["labels"], w["images"], w["texts"],
+                                            true_ambiguity=weight, class_names=w["names"], true_partner=partner)
+    assert list(table["true_partner_name"][:2]) == [w["names"][partner[0]], ""]
+    pictures = np.zeros((n, 8, 8, 3), dtype=np.uint8)
+    fig = viz.ambiguity_gallery(pictures, table, top=n, columns=10)
+    captions = {int(row): note.text for row, note in zip(fig.data[0].customdata, fig.layout.annotations)}
+    assert f"true: {w['names'][w['labels'][0]]}, a = 0.30 toward {w['names'][partner[0]]}" in captions[0]
+    assert f"true: {w['names'][w['labels'][1]]} (clean)" in captions[1]
 
 
 # ----------------------------------------------------------------------------- calibration and training

@@ -38,7 +38,7 @@ def assert_splits_equal(a, b):
 
 
 def test_default_manifest(spec):
-    assert len(spec.class_names) == 30 and spec.class_names == sorted(spec.class_names)
+    assert len(spec.class_names) == 30 and sorted(spec.class_names) == sorted(WorldSpec().class_names)
     assert 4 <= len(spec.prompt_templates) <= 8
     assert all(t.count("{}") == 1 for t in spec.prompt_templates)
     assert spec.fingerprint() == load_world_spec(DEFAULT_MANIFEST).fingerprint()
@@ -91,7 +91,7 @@ def test_ambiguity_ground_truth(spec, train):
     assert set(kind) == {"none", "colour", "shape"}
     assert np.all(train.ambiguity[clean] == 0) and np.all(train.partner[clean] == -1)
     amb = ~clean
-    assert np.all(train.ambiguity[amb] > 0)
+    assert np.all(train.ambiguity[amb] > spec.min_ambiguity) and spec.min_ambiguity > 0
     assert np.all(train.ambiguity[amb] <= spec.max_ambiguity + 1e-6)  # float32 rounding of the bound
     for i in np.flatnonzero(amb):
         (c1, s1), (c2, s2) = (train.class_names[j].split(" ") for j in (train.labels[i], train.partner[i]))
@@ -216,6 +216,15 @@ def write_manifest(tmp_path, edit):
     (lambda d: d["generator"].update(image_size=8), "image_size"),
     (lambda d: d["generator"].update(size_range=[0.4, 0.2]), "size_range"),
     (lambda d: d["generator"]["backgrounds"].update(dark={"rgb": [0, 0, 0], "glow": 1}), "backgrounds"),
+    (lambda d: d["generator"].update(min_ambiguity=0.5), "min_ambiguity"),
+    (lambda d: d["classes"].pop(), "classes"),
+    (lambda d: d["classes"].__setitem__(0, "pink circle"), "classes"),
+    (lambda d: d.update(classes="red circle"), "classes"),
+    (lambda d: d["domains"].update(blur={"blur_sigma": 10}), "domains.blur"),
+    (lambda d: d["domains"].update(sketch={"style": "watercolour"}), "domains.sketch"),
+    (lambda d: d["domains"].update(fog={"fog": 0.5}), "domains.fog"),
+    (lambda d: d["domains"].update(recolour={"colours": {"red": [1, 2, 3]}}), "domains.recolour"),
+    (lambda d: d["domains"].update(hue_shift={"hue_shift": "a lot"}), "domains.hue_shift.hue_shift"),
 ])
 def test_validation_names_file_and_field(tmp_path, edit, field):
     path = write_manifest(tmp_path, edit)
@@ -237,3 +246,102 @@ def test_class_colours_follow_the_colour_word():
     assert len(colours) == len(spec.class_names)
     for name, css in zip(spec.class_names, colours):
         assert css == "rgb({}, {}, {})".format(*spec.colours[name.split()[0]])
+
+
+def test_base_half_of_the_class_order_holds_every_colour_and_shape(spec):
+    from workbench.protocol import base_new_split
+    base, new = base_new_split(len(spec.class_names))
+    factors = spec.class_factors()
+    for labels in (base, new):
+        assert set(factors["colour"][labels]) == set(range(len(spec.colours)))
+        assert set(factors["shape"][labels]) == set(range(len(spec.shapes)))
+    for label, name in enumerate(spec.class_names):
+        colour, shape = name.split(" ")
+        assert sorted(spec.colours)[factors["colour"][label]] == colour
+        assert sorted(spec.shapes)[factors["shape"][label]] == shape
+
+
+def test_class_order_only_relabels(spec):
+    """The manifest's order changes which label a class gets, not how its images look."""
+    sorted_spec = dataclasses.replace(spec, class_order=())
+    a, b = generate_split(spec, "x", 300, seed=3), generate_split(sorted_spec, "x", 300, seed=3)
+    assert [a.class_names[y] for y in a.labels] != [b.class_names[y] for y in b.labels]  # labels draw in label order
+    names_a = np.array(a.class_names)[a.labels]
+    assert all(name in caption for name, caption in zip(names_a, a.captions) if "{class}" not in caption)
+
+
+def test_domains_repeat_the_test_samples_under_one_shift(spec):
+    test = generate_split(spec, "test", 240, seed=5)
+    assert sorted(spec.domains) == ["blur", "hue_shift", "sketch", "unseen_background", "unseen_texture"]
+    for name in spec.domains:
+        shifted = world.generate_domain(spec, name, 240, seed=5)
+        np.testing.assert_array_equal(shifted.labels, test.labels)
+        np.testing.assert_array_equal(shifted.ambiguity, test.ambiguity)
+        np.testing.assert_array_equal(shifted.partner, test.partner)
+        assert shifted.meta["domain"] == name
+        assert shifted.images.tobytes() != test.images.tobytes(), name
+        assert_splits_equal(shifted, world.generate_domain(spec, name, 240, seed=5))
+    # blur and hue shift keep every nuisance draw: only the rendering differs
+    blurred = world.generate_domain(spec, "blur", 240, seed=5)
+    for k in test.factors:
+        np.testing.assert_array_equal(blurred.factors[k], test.factors[k])
+    assert np.abs(np.diff(blurred.images.astype(float), axis=2)).mean() < np.abs(
+        np.diff(test.images.astype(float), axis=2)).mean()  # smoother
+
+
+def test_sketch_draws_only_the_outline(spec):
+    plain = dataclasses.replace(spec, textures=("plain",), noise_range=(0.0, 0.0), occlusion_prob=0.0, brightness_jitter=0.0,
+                                ambiguous_fraction=0.0, position_range=0.0, backgrounds={"grey": world.Background(
+                                    (128, 128, 128))}, domains={"sketch": {"style": "outline"}})
+    filled, outline = generate_split(plain, "t", 60, seed=0), world.generate_domain(plain, "sketch", 60, seed=0, split="t")
+    c = plain.image_size // 2
+    # the centre of a filled shape is the shape's colour; the centre of its outline is background
+    assert np.all(np.abs(outline.images[:, c, c].astype(int) - 128).max(axis=1) <= 2)
+    assert np.all(np.abs(filled.images[:, c, c].astype(int) - 128).max(axis=1) > 20)
+
+
+def test_hue_rotation_keeps_grey_and_turns_colours():
+    grey = np.array([[100.0, 100.0, 100.0]])
+    np.testing.assert_allclose(world._rotate_hue(grey, 40.0), grey, atol=1e-9)
+    red = np.array([[200.0, 30.0, 30.0]])
+    turned = world._rotate_hue(red, 120.0)  # a third of the way round: red -> green
+    assert turned[0].argmax() == 1
+    np.testing.assert_allclose(world._rotate_hue(turned, -120.0), red, atol=1e-6)
+
+
+def test_unknown_domain_names_the_known_ones(spec, tmp_path):
+    with pytest.raises(ValueError, match="unknown test domain 'fog'.*blur, hue_shift, sketch"):
+        world.generate_domain(spec, "fog", 10, seed=0)
+    with pytest.raises(ValueError, match="unknown test domain 'fog'"):
+        world.build_domains(spec, tmp_path, seed=0, num_samples=10, domains=["blur", "fog"])
+    assert not any(tmp_path.iterdir())  # checked before anything is written
+
+
+def test_build_domains_caches_next_to_the_world(spec, tmp_path):
+    first = world.build_domains(spec, tmp_path, seed=1, num_samples=50, domains=["blur", "sketch"])
+    saved = sorted(p.name for p in (tmp_path / f"{spec.fingerprint()}-seed1").iterdir())
+    assert saved == ["test@blur", "test@sketch"]
+    again = world.build_domains(spec, tmp_path, seed=1, num_samples=50, domains=["blur", "sketch"])
+    for name in first:
+        assert_splits_equal(first[name], again[name])
+
+
+def test_declaring_a_domain_keeps_the_training_world(spec):
+    assert dataclasses.replace(spec, domains={}).fingerprint() == spec.fingerprint()
+    assert spec.domain("blur").fingerprint() != spec.fingerprint()
+
+
+def test_a_variant_renders_the_same_samples_in_a_narrower_world(spec, tmp_path):
+    narrow = spec.variant({"backgrounds": {"dark": {"rgb": [28, 28, 36], "noise": 0}}, "textures": ["plain"]})
+    assert narrow.class_names == spec.class_names and narrow.fingerprint() != spec.fingerprint()
+    wide, slim = generate_split(spec, "pretrain", 300, seed=2), generate_split(narrow, "pretrain", 300, seed=2)
+    np.testing.assert_array_equal(slim.labels, wide.labels)
+    np.testing.assert_array_equal(slim.ambiguity, wide.ambiguity)
+    assert set(slim.factors["background"]) == {"dark"} and set(slim.factors["texture"]) == {"plain"}
+    assert len(set(wide.factors["background"])) == 4
+    with pytest.raises(ValueError, match="world override 'shapes' is not a generator field a variant may change"):
+        spec.variant({"shapes": ["circle", "square"]})
+    with pytest.raises(ValueError, match="world override 'noise_range' must be a pair"):
+        spec.variant({"noise_range": 3})
+    with pytest.raises(ValueError, match="field 'occlusion_prob' must be a number in"):
+        spec.variant({"occlusion_prob": 2.0})

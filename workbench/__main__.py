@@ -11,16 +11,23 @@ from pathlib import Path
 
 def quickstart(args: argparse.Namespace) -> Path:
     """Execute notebooks/00_quickstart.ipynb into a fresh run directory and print its results."""
-    from .evaluation import results_table
+    from .evaluation import markdown_table
     from .pipeline import NOTEBOOK_DIR, run_notebook
+    from .regime import regime_table
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / time.strftime("quickstart-%Y%m%d-%H%M%S")
     parameters = {"smoke": args.smoke, "shots": args.shots, "ame_weight": args.ame_weight, "seed": args.seed,
-                  "device": args.device, "cache_dir": str(Path(args.cache_dir).resolve())}
+                  "world_seed": args.world_seed, "device": args.device, "cache_dir": str(Path(args.cache_dir).resolve())}
     start = time.perf_counter()
     run_notebook(NOTEBOOK_DIR / "00_quickstart.ipynb", run_dir, parameters)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(results_table(metrics["results"]))
+    print(markdown_table(metrics["models"], {"base_acc": "base", "new_acc": "new", "hm": "HM", "colour_acc": "colour",
+                                             "shape_acc": "shape"}, scale=100, digits=1))
+    domains = metrics["domains"]
+    print()
+    print(markdown_table(domains, {k: k.replace("_", " ") for k in next(iter(domains.values()))}, scale=100, digits=1))
+    print()
+    print(regime_table(metrics["regime"]))
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - start:.0f} s)")
     print(f"figure: {run_dir / metrics['figure']}")
     return run_dir
@@ -231,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--shots", type=int, default=16, help="labelled images per base class (default 16)")
     qs.add_argument("--ame-weight", type=float, default=50.0, help="AME weight omega (default 50)")
     qs.add_argument("--seed", type=int, default=0)
+    qs.add_argument("--world-seed", type=int, default=-1, help="seed of the embedded world (default: the preset's)")
     qs.add_argument("--device", default="auto", help="auto, cpu or cuda")
     qs.add_argument("--cache-dir", default="runs/cache", help="world and pretrained models (reused)")
     qs.add_argument("--run-dir", default="", help="results directory (default runs/quickstart-<time>)")

@@ -823,13 +823,15 @@ def entropy_trajectory(log_path: str | os.PathLike, key: str = "manifold_entropy
 
 def analyze_predictions(student_logits, labels, image_features, class_vectors, teacher_logits=None,
                         teacher_features=None, base_classes=None, new_classes=None, true_ambiguity=None,
-                        class_names=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                        class_names=None, true_partner=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-sample table and flat per-run metrics for one model's predictions on one labelled set.
 
     Combines :func:`per_sample_table`, :func:`classification_metrics`, :func:`calibration_metrics`,
     :func:`alignment_metrics` and, when given, :func:`knn_agreement` (teacher features) and
     :func:`ambiguity_agreement` (ground-truth ambiguity, e.g. the embedded world's). Metric names
     are prefixed by their family (``calibration/ece``, ``alignment/effective_rank`` …).
+    ``true_partner`` (the class each sample was blended toward, -1 for clean ones) becomes the
+    ``true_partner`` column (and ``true_partner_name`` with ``class_names``).
     """
     table = per_sample_table(student_logits, labels, teacher_logits=teacher_logits, class_names=class_names)
     metrics = dict(classification_metrics(student_logits, labels, base_classes, new_classes))
@@ -844,6 +846,11 @@ def analyze_predictions(student_logits, labels, image_features, class_vectors, t
         table["true_ambiguity"] = np.asarray(true_ambiguity, dtype=np.float64)
         agreement = ambiguity_agreement(table["ambiguity_score"], true_ambiguity)
         metrics.update({f"ambiguity/{k}": v for k, v in agreement.items()})
+    if true_partner is not None:
+        table["true_partner"] = np.asarray(true_partner, dtype=np.int64)
+        if class_names is not None:
+            names = np.asarray(list(class_names) + [""], dtype=object)  # -1 (clean) -> ""
+            table["true_partner_name"] = names[table["true_partner"]]
     return table, metrics
 
 
@@ -918,7 +925,7 @@ def analyze_run(run_dir: str | os.PathLike, write: bool = True) -> tuple[dict[st
         arrays["logits"], arrays["labels"], arrays["image_features"], arrays["text_features"],
         teacher_logits=arrays.get("teacher_logits"), teacher_features=arrays.get("teacher_features"),
         base_classes=arrays.get("base_classes"), new_classes=arrays.get("new_classes"),
-        true_ambiguity=arrays.get("true_ambiguity"), class_names=class_names)
+        true_ambiguity=arrays.get("true_ambiguity"), class_names=class_names, true_partner=arrays.get("true_partner"))
     sample_entropy = ame_sample_entropy(files / "checkpoint.pt", arrays["image_features"], arrays["text_features"])
     if sample_entropy is not None:
         table["ame_sample_entropy"] = sample_entropy

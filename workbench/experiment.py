@@ -277,10 +277,11 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
     teacher_logits = teacher_scale * teacher_features @ evaluation.teacher_vectors.float().cpu().T
     labels = np.asarray(evaluation.labels)[kept]
     ambiguity = None if evaluation.true_ambiguity is None else np.asarray(evaluation.true_ambiguity)[kept]
+    partner = None if evaluation.true_partner is None else np.asarray(evaluation.true_partner)[kept]
     table, stats = analysis.analyze_predictions(
         logits, labels, features, vectors, teacher_logits=teacher_logits, teacher_features=teacher_features,
         base_classes=evaluation.base, new_classes=evaluation.new, true_ambiguity=ambiguity,
-        class_names=evaluation.class_names)
+        class_names=evaluation.class_names, true_partner=partner)
     stats["skipped_images"] = int(len(evaluation.labels) - len(kept))
     if run_dir is not None:
         analysis.write_table(table, run_dir / "samples.csv")
@@ -293,6 +294,8 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
             arrays.update(base_classes=np.asarray(evaluation.base), new_classes=np.asarray(evaluation.new))
         if ambiguity is not None:
             arrays["true_ambiguity"] = ambiguity
+        if partner is not None:
+            arrays["true_partner"] = partner
         write_arrays(run_dir / "embeddings.npz", **arrays)
     return stats
 

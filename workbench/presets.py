@@ -30,8 +30,10 @@ class QuickstartConfig:
     world_sizes: dict  # split name -> number of samples (pretrain, train, test)
     teacher: PretrainConfig  # how the teacher is pretrained
     student: PretrainConfig  # how the student is pretrained
-    distill: DistillConfig  # KD settings (AME weight is set per run)
+    distill: DistillConfig  # inductive K-shot KD settings (AME weight is set per run)
+    distill_transductive: DistillConfig  # KD on every unlabelled training image, over all classes
     figure_points: int  # test images drawn in the manifold figure
+    domain_samples: int  # test samples rendered in each test domain
 
     @classmethod
     def load(cls, variant: str = "full") -> "QuickstartConfig":
@@ -39,11 +41,14 @@ class QuickstartConfig:
         if variant not in variants:
             raise ValueError(f"unknown quickstart variant {variant!r}; valid names: {', '.join(variants)}")
         data = dict(variants[variant])
-        expected = {"world_seed", "world_sizes", "teacher", "student", "distill", "figure_points"}
+        expected = {"world_seed", "world_sizes", "teacher", "student", "distill", "distill_transductive",
+                    "figure_points", "domain_samples"}
         if set(data) != expected:
             raise ValueError(f"quickstart preset {variant!r} must have exactly the keys {sorted(expected)}, "
                              f"got {sorted(data)}")
         return cls(world_seed=data["world_seed"], world_sizes=data["world_sizes"],
                    teacher=PretrainConfig.from_dict(data["teacher"]),
                    student=PretrainConfig.from_dict(data["student"]),
-                   distill=DistillConfig.from_dict(data["distill"]), figure_points=data["figure_points"])
+                   distill=DistillConfig.from_dict(data["distill"]),
+                   distill_transductive=DistillConfig.from_dict(data["distill_transductive"]),
+                   figure_points=data["figure_points"], domain_samples=data["domain_samples"])

@@ -63,8 +63,9 @@ class EvalSet:
     student_vectors: torch.Tensor | None  # (C, Ds) the student's own; None: shared text tower
     base: np.ndarray | None = None  # base classes (base-to-new); None: accuracy over all classes
     new: np.ndarray | None = None
-    true_ambiguity: np.ndarray | None = None  # the embedded world's ground truth
+    true_ambiguity: np.ndarray | None = None  # the embedded world's ground truth: partner weight, 0 = clean
     thumbnails: object = None  # sequence of uint8 images, row i = image i
+    true_partner: np.ndarray | None = None  # the embedded world's partner class of each image, -1 = clean
 
 
 @dataclass
@@ -171,21 +172,12 @@ def _embedded_setup(preset_name: str, cache_dir: str, device: str) -> dict:
 
     Runs of a sweep executed in one process share them (the student is copied per run).
     """
-    from . import models, world, zoo
+    from . import zoo
     from .presets import QuickstartConfig
 
-    preset = QuickstartConfig.load(preset_name)
-    device = torch.device(device)
-    cache = Path(cache_dir)
-    spec = world.load_world_spec()
-    splits = world.build_world(spec, cache / "world", seed=preset.world_seed, sizes=preset.world_sizes)
-    world_id = f"{spec.fingerprint()}-seed{preset.world_seed}-pretrain{preset.world_sizes['pretrain']}"
-    teacher, tokenizer, _ = zoo.load_or_pretrain(preset.teacher, splits["pretrain"], world_id, cache / "zoo", device)
-    student, _, _ = zoo.load_or_pretrain(preset.student, splits["pretrain"], world_id, cache / "zoo", device)
-    class_vectors = models.build_class_vectors(teacher, tokenizer, spec.class_names, spec.prompt_templates,
-                                               device=device)
-    return {"spec": spec, "splits": splits, "teacher": teacher, "tokenizer": tokenizer, "student": student,
-            "class_vectors": class_vectors, "preset": preset}
+    s = zoo.load_embedded_setup(QuickstartConfig.load(preset_name), cache_dir, torch.device(device))
+    return {"spec": s.spec, "splits": s.splits, "teacher": s.teacher, "tokenizer": s.tokenizer, "student": s.student,
+            "class_vectors": s.class_vectors, "preset": s.preset}
 
 
 def _embedded_task(config, device: torch.device) -> Task:
@@ -207,7 +199,7 @@ def _embedded_task(config, device: torch.device) -> Task:
     test_images = ArrayImages(test.images)
     base_mask = np.isin(test.labels, base)
     evaluation = EvalSet(EMBEDDED_WORLD, test_images, test_images, np.asarray(test.labels), list(spec.class_names),
-                         vectors, None, base, new, np.asarray(test.ambiguity), test.images)
+                         vectors, None, base, new, np.asarray(test.ambiguity), test.images, np.asarray(test.partner))
     return Task(EMBEDDED_WORLD, config.protocol, setup["teacher"], copy.deepcopy(setup["student"]),
                 list(spec.class_names), vectors, None, train_images, train_images, train_labels, base,
                 (ArrayImages(train.images[validation]), train.labels[validation]),

@@ -513,12 +513,15 @@ def drawn_indices(fig, trace: str = "images") -> np.ndarray:
 
 def manifold_figure(image_coords, text_coords, labels, class_names: Sequence[str], base_classes=None,
                     hover: Sequence[str] | None = None, title: str = "Shared image-text space",
-                    class_colours: Sequence[str] | None = None):
+                    class_colours: Sequence[str] | None = None, class_symbols: Sequence[str] | None = None):
     """Scatter of images (coloured by class) with class text vectors as labelled stars.
 
     Images of base classes are circles and of new classes diamonds when ``base_classes`` is given.
     ``class_colours`` (CSS colours, one per class) replaces the default categorical palette, e.g.
     the embedded world's own colours (:meth:`workbench.world.WorldSpec.class_colours`).
+    ``class_symbols`` (Plotly marker symbols, one per class, e.g.
+    :meth:`workbench.world.WorldSpec.class_symbols`) draws each image and class vector with its class's
+    own symbol instead; base-class images are then filled and new-class images open.
     Uses WebGL (``Scattergl``) so that tens of thousands of points stay interactive. For colouring
     by other quantities, subsampling and click-to-sample, see :func:`projection_figure`.
     """
@@ -528,10 +531,14 @@ def manifold_figure(image_coords, text_coords, labels, class_names: Sequence[str
     colours = _class_colours(class_names, class_colours)
     base = set(np.asarray(base_classes).tolist()) if base_classes is not None else set(range(len(class_names)))
     fig = go.Figure()
+    if class_symbols is not None and len(class_symbols) != len(class_names):
+        raise ValueError(f"class_symbols has {len(class_symbols)} entries for {len(class_names)} classes")
     for group, symbol in (("base", "circle"), ("new", "diamond")):
         chosen = np.array([(label in base) == (group == "base") for label in labels], dtype=bool)
         if not chosen.any():
             continue
+        if class_symbols is not None:
+            symbol = [class_symbols[label] + ("" if group == "base" else "-open") for label in labels[chosen]]
         text = [f"{class_names[label]} ({group})" + (f"<br>{hover[i]}" if hover is not None else "")
                 for i, label in zip(np.flatnonzero(chosen), labels[chosen])]
         fig.add_trace(go.Scattergl(
@@ -540,7 +547,8 @@ def manifold_figure(image_coords, text_coords, labels, class_names: Sequence[str
             text=text, hoverinfo="text"))
     fig.add_trace(go.Scatter(
         x=text_coords[:, 0], y=text_coords[:, 1], mode="markers+text", name="class text vectors",
-        marker=dict(size=14, symbol="star", color=colours, line=dict(width=1, color="black")),
+        marker=dict(size=14, symbol="star" if class_symbols is None else list(class_symbols), color=colours,
+                    line=dict(width=1, color="black")),
         text=list(class_names), textposition="top center", textfont=dict(size=9), hoverinfo="text"))
     fig.update_layout(title=title, template="plotly_white", width=900, height=700,
                       xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""))
@@ -690,7 +698,8 @@ def ambiguity_gallery(images, table: Mapping, top: int = 12, column: str = "ambi
     -------
     plotly.graph_objects.Figure
         Thumbnails as layout images (self-contained data URIs) with captions ``predicted p1 vs
-        runner-up p2`` and the true class; hovering a thumbnail shows the same. The ``samples``
+        runner-up p2`` and the true class, with the world's mixing weight ``a`` and partner class when
+        the table has ``true_ambiguity`` (and ``true_partner``); hovering a thumbnail shows the same. The ``samples``
         trace's ``customdata`` holds the rows shown.
     """
     go = _require("plotly.graph_objects", "plotting")
@@ -724,6 +733,11 @@ def ambiguity_gallery(images, table: Mapping, top: int = 12, column: str = "ambi
         p1 = float(table["max_prob"][i])
         p2 = p1 - float(table["margin"][i])
         a, b, true = names[table["predicted"][i]], names[table["runner_up"][i]], names[table["label"][i]]
+        if "true_ambiguity" in table:  # the world's ground truth: how far the sample was blended, and toward what
+            weight = float(table["true_ambiguity"][i])
+            partner = int(table["true_partner"][i]) if "true_partner" in table else -1
+            true = (f"{true}, a = {weight:.2f} toward {names[partner]}" if weight > 0 and partner >= 0 else
+                    f"{true}, a = {weight:.2f}" if weight > 0 else f"{true} (clean)")
         fig.add_layout_image(source=thumbnail_uri(images[i], thumb_size), xref="x", yref="y", x=x, y=y,
                              sizex=0.8, sizey=0.8, xanchor="center", yanchor="middle", sizing="contain", layer="above")
         fig.add_annotation(x=x, y=y - 0.43, yanchor="top", showarrow=False, font={"size": 10},

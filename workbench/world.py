@@ -20,7 +20,7 @@ import re
 import shutil
 import string
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,10 @@ import yaml
 
 GENERATOR_VERSION = 1  # part of every fingerprint: bump it when rendering changes so caches rebuild
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "data_manifests" / "embedded_world.yaml"
-TEXTURES = ("plain", "striped", "speckled")
+TEXTURES = ("plain", "striped", "speckled", "checkered")  # every texture the renderer knows
+STYLES = ("filled", "outline")  # how a shape is drawn: its area, or only its edge (the "sketch" domain)
+# Generator fields a test domain may not change: a domain shows the same classes, at the same size.
+_CLASS_FIELDS = ("colours", "shapes", "class_order", "image_size", "domains")
 CAPTION_FIELDS = ("class", "colour", "shape", "size", "texture", "background", "position")
 FACTOR_NAMES = ("size", "x", "y", "rotation", "background", "brightness", "texture", "noise", "occluded")
 _CHUNK = 1024  # images rendered at once: keeps float32 temporaries at a few tens of MB
@@ -73,6 +76,10 @@ SHAPE_SDFS = {
 }
 
 
+SHAPE_SYMBOLS = {"circle": "circle", "square": "square", "triangle": "triangle-up", "cross": "cross",
+                 "star": "star"}  # shape -> Plotly marker symbol, so that maps draw each class as itself
+
+
 # ----------------------------------------------------------------------------- spec
 @dataclass(frozen=True)
 class Background:
@@ -95,7 +102,7 @@ class WorldSpec:
     backgrounds: dict[str, Background] = field(default_factory=lambda: {
         "dark": Background((28, 28, 36)), "light": Background((222, 222, 214)),
         "grey": Background((128, 128, 128)), "noisy": Background((120, 120, 120), 28.0)})
-    textures: tuple[str, ...] = TEXTURES  # surface patterns drawn uniformly, a subset of TEXTURES
+    textures: tuple[str, ...] = ("plain", "striped", "speckled")  # surface patterns drawn uniformly, from TEXTURES
     image_size: int = 32  # images are image_size x image_size RGB, >= 16
     prompt_templates: tuple[str, ...] = (  # zero-shot prompts, "{}" -> class name
         "a photo of a {}.", "a {} shape.", "a drawing of a {}.", "a picture of a {}.", "a rendering of a {}.",
@@ -105,7 +112,8 @@ class WorldSpec:
         "a {texture} {class} {position}", "a drawing of a {class} on a {background} background",
         "a {size} {class}, {texture}, {position}", "a {class}")
     ambiguous_fraction: float = 0.25  # share of samples rendered between two classes, in [0, 1]
-    max_ambiguity: float = 0.45  # partner weight a ~ U(0, max], max <= 0.45 keeps the label the majority
+    max_ambiguity: float = 0.45  # partner weight a ~ U(min, max], max <= 0.45 keeps the label the majority
+    min_ambiguity: float = 0.0  # lower end of the partner weight of ambiguous samples, < max_ambiguity
     colour_ambiguity_share: float = 0.5  # of ambiguous samples, share blended in colour (rest: shape)
     size_range: tuple[float, float] = (0.24, 0.36)  # shape radius, fraction of image_size
     position_range: float = 0.12  # max centre offset from the image centre, fraction of image_size
@@ -117,6 +125,11 @@ class WorldSpec:
     noise_range: tuple[float, float] = (0.0, 6.0)  # std of per-pixel RGB noise, 0..255 units
     occlusion_prob: float = 0.10  # chance of a grey bar across the shape
     occlusion_width: tuple[float, float] = (0.08, 0.14)  # bar width, fraction of image_size
+    style: str = "filled"  # one of STYLES
+    hue_shift: float = 0.0  # rotation of every shape colour's hue, degrees (a test-domain shift)
+    blur_sigma: float = 0.0  # Gaussian blur of the finished image, pixels (a test-domain shift)
+    class_order: tuple[str, ...] = ()  # class names in label order; empty: sorted names
+    domains: dict[str, dict] = field(default_factory=dict)  # test domain name -> generator fields it overrides
 
     def __post_init__(self):
         _validate(self)
@@ -126,16 +139,61 @@ class WorldSpec:
 
     @property
     def class_names(self) -> list[str]:
-        """Sorted ``"<colour> <shape>"`` names; a label is an index into this list."""
-        return sorted(f"{c} {s}" for c in self.colours for s in self.shapes)
+        """``"<colour> <shape>"`` names in label order (``class_order``, else sorted); a label indexes this list."""
+        return list(self.class_order) if self.class_order else sorted(f"{c} {s}" for c in self.colours
+                                                                      for s in self.shapes)
+
+    def class_factors(self) -> dict[str, np.ndarray]:
+        """Per class (label order), the index of its colour and of its shape among the sorted values."""
+        colours, shapes = sorted(self.colours), sorted(self.shapes)
+        pairs = [name.split(" ", 1) for name in self.class_names]
+        return {"colour": np.array([colours.index(c) for c, _ in pairs]),
+                "shape": np.array([shapes.index(s) for _, s in pairs])}
+
+    def domain(self, name: str) -> "WorldSpec":
+        """The spec of test domain ``name``: this world with the domain's generator fields replaced."""
+        if name not in self.domains:
+            known = ", ".join(sorted(self.domains)) or "none declared"
+            raise ValueError(f"unknown test domain {name!r}; this world's domains: {known}")
+        return replace(self, domains={}, **self.domains[name])
+
+    def variant(self, overrides: dict) -> "WorldSpec":
+        """This world with some generator fields replaced, the same classes (e.g. a narrower pretraining slice).
+
+        ``overrides`` may hold YAML-style values (lists, ``{rgb, noise}`` mappings); a field that would change
+        the classes, or a bad value, raises ``ValueError`` naming it.
+        """
+        if not isinstance(overrides, dict):
+            raise ValueError(f"world overrides must be a mapping of generator fields, got {overrides!r}")
+        known = {f.name for f in fields(WorldSpec)} - set(_CLASS_FIELDS)
+        converted = {}
+        for key, value in overrides.items():
+            if key not in known:
+                raise ValueError(f"world override {key!r} is not a generator field a variant may change; "
+                                 f"expected some of {sorted(known)}")
+            try:
+                converted[key] = _convert(key, value)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                raise ValueError(f"world override {key!r} must be {_STRUCTURE.get(key, 'a number')}, "
+                                 f"got {value!r}") from None
+        return replace(self, domains={}, **converted)
 
     def class_colours(self) -> list[str]:
         """CSS ``rgb(...)`` of each class's own colour, in label order (for figures)."""
         return ["rgb({}, {}, {})".format(*self.colours[name.split(" ", 1)[0]]) for name in self.class_names]
 
+    def class_symbols(self) -> list[str]:
+        """Plotly marker symbol of each class's own shape, in label order (for figures)."""
+        return [SHAPE_SYMBOLS[name.split(" ", 1)[1]] for name in self.class_names]
+
     def fingerprint(self) -> str:
-        """Stable 12-hex-digit hash of all fields and the generator version (for cache keys)."""
-        blob = json.dumps({"generator_version": GENERATOR_VERSION, "spec": asdict(self)}, sort_keys=True)
+        """Stable 12-hex-digit hash of the fields that shape this world's images, and the generator version.
+
+        ``domains`` is left out: declaring a test domain does not change the training images (each domain's
+        own spec, :meth:`domain`, has its own fingerprint).
+        """
+        fields_ = {k: v for k, v in asdict(self).items() if k != "domains"}
+        blob = json.dumps({"generator_version": GENERATOR_VERSION, "spec": fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -189,20 +247,49 @@ def _validate(s: WorldSpec) -> None:
         _check(isinstance(v, (int, float)) and lo <= v <= hi, name, f"a number in [{lo}, {hi}]", v)
     _check(isinstance(s.max_ambiguity, (int, float)) and 0 < s.max_ambiguity <= 0.45, "max_ambiguity",
            "in (0, 0.45] so the primary class keeps the majority", s.max_ambiguity)
+    _check(isinstance(s.min_ambiguity, (int, float)) and 0 <= s.min_ambiguity < s.max_ambiguity, "min_ambiguity",
+           f"a number in [0, max_ambiguity={s.max_ambiguity})", s.min_ambiguity)
+    _check(s.style in STYLES, "style", f"one of {STYLES}", s.style)
+    _check(isinstance(s.hue_shift, (int, float)) and -180 <= s.hue_shift <= 180, "hue_shift",
+           "a number of degrees in [-180, 180]", s.hue_shift)
+    _check(isinstance(s.blur_sigma, (int, float)) and 0 <= s.blur_sigma <= 4, "blur_sigma",
+           "a number of pixels in [0, 4]", s.blur_sigma)
+    if s.class_order:
+        every = {f"{c} {sh}" for c in s.colours for sh in s.shapes}
+        missing, extra = sorted(every - set(s.class_order)), sorted(set(s.class_order) - every)
+        repeated = sorted({n for n in s.class_order if s.class_order.count(n) > 1})
+        _check(not (missing or extra or repeated), "classes",
+               f"every '<colour> <shape>' name exactly once (missing {missing}, unknown {extra}, "
+               f"repeated {repeated})", "the list in the manifest")
+    _check(isinstance(s.domains, dict), "domains", "a mapping name -> generator fields", s.domains)
+    for name, overrides in s.domains.items():
+        _check(isinstance(name, str) and name.isidentifier(), "domains", "names made of letters, digits and _", name)
+        _check(isinstance(overrides, dict) and overrides, f"domains.{name}", "a non-empty mapping of generator fields",
+               overrides)
+        known = {f.name for f in fields(WorldSpec)} - set(_CLASS_FIELDS)
+        for key in overrides:
+            _check(key in known, f"domains.{name}",
+                   f"generator fields other than {', '.join(_CLASS_FIELDS)} (a domain keeps the classes)", key)
+        try:
+            replace(s, domains={}, **overrides)
+        except ValueError as err:
+            raise ValueError(f"domains.{name}: {err}") from None
     for name, lo, hi in [("size_range", 0.05, 0.5), ("noise_range", 0, 64), ("occlusion_width", 0.01, 0.5)]:
         v = getattr(s, name)
         _check(isinstance(v, tuple) and len(v) == 2 and lo <= v[0] <= v[1] <= hi, name,
                f"a pair [low, high] with {lo} <= low <= high <= {hi}", v)
 
 
-_MANIFEST_KEYS = {"name", "description", "licence", "version", "generator", "prompt_templates", "caption_templates"}
+_MANIFEST_KEYS = {"name", "description", "licence", "version", "generator", "prompt_templates", "caption_templates",
+                  "classes", "domains"}
 
 
 _STRUCTURE = {  # what each generator field looks like in YAML, for error messages
     "colours": "a mapping name -> [r, g, b]", "backgrounds": "a mapping name -> {rgb: [r, g, b], noise: std}",
     "size_range": "a pair [low, high]", "noise_range": "a pair [low, high]", "occlusion_width": "a pair [low, high]",
     "shapes": "a list of names", "textures": "a list of names", "prompt_templates": "a list of strings",
-    "caption_templates": "a list of strings", "image_size": "an integer"}
+    "caption_templates": "a list of strings", "image_size": "an integer", "style": "a name",
+    "class_order": "a list of class names", "domains": "a mapping name -> generator fields"}
 
 
 def _seq(v) -> tuple:
@@ -222,7 +309,7 @@ def _convert(key: str, v):
     if key in ("size_range", "noise_range", "occlusion_width"):
         return tuple(float(x) for x in _seq(v))
     if key in _STRUCTURE:
-        return v if key == "image_size" else _seq(v)
+        return v if key in ("image_size", "style") else _seq(v)
     if isinstance(v, (bool, str)):
         raise TypeError(v)
     return float(v)
@@ -256,18 +343,35 @@ def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
     generator = doc.get("generator") or {}
     if not isinstance(generator, dict):
         raise ValueError(f"{path}: field 'generator' must be a mapping, got {generator!r}")
-    spec_fields = {f.name for f in fields(WorldSpec)} - {"prompt_templates", "caption_templates"}
+    spec_fields = {f.name for f in fields(WorldSpec)} - {"prompt_templates", "caption_templates", "class_order",
+                                                         "domains"}
     unknown = set(generator) - spec_fields
     if unknown:
         raise ValueError(f"{path}: unknown keys in 'generator': {sorted(unknown)}; "
                          f"expected some of {sorted(spec_fields)}")
-    values = {**generator, **{k: doc[k] for k in ("prompt_templates", "caption_templates") if k in doc}}
+    values = {**generator, **{k: doc[k] for k in ("prompt_templates", "caption_templates", "classes", "domains")
+                              if k in doc}}
+    if "classes" in values:
+        values["class_order"] = values.pop("classes")
     kwargs = {}
+    domains = values.pop("domains", None) or {}
+    if not isinstance(domains, dict) or not all(isinstance(d, dict) for d in domains.values()):
+        raise ValueError(f"{path}: field 'domains' must be {_STRUCTURE['domains']}, got {domains!r}")
+    kwargs["domains"] = {}
+    for name, overrides in domains.items():
+        kwargs["domains"][str(name)] = {}
+        for key, v in overrides.items():
+            try:
+                kwargs["domains"][str(name)][key] = _convert(key, v)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                raise ValueError(f"{path}: field 'domains.{name}.{key}' must be {_STRUCTURE.get(key, 'a number')}, "
+                                 f"got {v!r}") from None
     for key, v in values.items():
         try:
             kwargs[key] = _convert(key, v)
         except (TypeError, ValueError, AttributeError, KeyError):
             expected = _STRUCTURE.get(key, "a number")
+            key = "classes" if key == "class_order" else key
             raise ValueError(f"{path}: field '{key}' must be {expected}, got {v!r}") from None
     try:
         return WorldSpec(**kwargs)
@@ -360,10 +464,11 @@ def generate_split(spec: WorldSpec, split: str, num_samples: int, seed: int) -> 
 
     labels = rng.permutation(np.arange(n) % len(names)).astype(np.int64)
     col, shp = class_col[labels], class_shp[labels]
-    # Ambiguity: a ~ U(0, max] (1 - U[0, 1) excludes 0), partner differs in exactly one attribute.
+    # Ambiguity: a ~ U(min, max] (1 - U[0, 1) excludes min), partner differs in exactly one attribute.
     ambiguous = rng.random(n) < spec.ambiguous_fraction
     by_colour = rng.random(n) < spec.colour_ambiguity_share
-    a = np.where(ambiguous, spec.max_ambiguity * (1.0 - rng.random(n)), 0.0)
+    width = spec.max_ambiguity - spec.min_ambiguity
+    a = np.where(ambiguous, spec.min_ambiguity + width * (1.0 - rng.random(n)), 0.0)
     p_col = np.where(ambiguous & by_colour, (col + rng.integers(1, len(colours), n)) % len(colours), col)
     p_shp = np.where(ambiguous & ~by_colour, (shp + rng.integers(1, len(shapes), n)) % len(shapes), shp)
     partner = np.array([label_of[colours[c], shapes[s]] for c, s in zip(p_col, p_shp)], dtype=np.int64)
@@ -371,7 +476,7 @@ def generate_split(spec: WorldSpec, split: str, num_samples: int, seed: int) -> 
     kind = np.where(ambiguous, np.where(by_colour, "colour", "shape"), "none")
     a_colour, a_shape = np.where(kind == "colour", a, 0.0), np.where(kind == "shape", a, 0.0)
 
-    palette = np.array([spec.colours[c] for c in colours], dtype=np.float64)
+    palette = _rotate_hue(np.array([spec.colours[c] for c in colours], dtype=np.float64), spec.hue_shift)
     rgb = (1 - a_colour)[:, None] * palette[col] + a_colour[:, None] * palette[p_col]
     rgb += rng.uniform(-spec.colour_jitter, spec.colour_jitter, (n, 3))
     size_frac = rng.uniform(*spec.size_range, n)
@@ -415,6 +520,44 @@ def generate_split(spec: WorldSpec, split: str, num_samples: int, seed: int) -> 
                       {"split": split, "seed": int(seed), "spec_fingerprint": spec.fingerprint()})
 
 
+def generate_domain(spec: WorldSpec, domain: str, num_samples: int, seed: int, split: str = "test") -> WorldSplit:
+    """Render test domain ``domain`` of ``spec``: the samples of ``split`` drawn again under the domain's shift.
+
+    Labels, partners and mixing weights are drawn before any value a domain may change, so they equal
+    those of ``generate_split(spec, split, num_samples, seed)`` sample for sample; a domain that keeps the
+    number of backgrounds and textures also keeps every nuisance draw, and differs only in its shift.
+    """
+    out = generate_split(spec.domain(domain), split, num_samples, seed)
+    out.meta["domain"] = domain
+    return out
+
+
+def _rotate_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate colours (..., 3) about the grey axis of RGB space by ``degrees`` (a hue shift that keeps lightness)."""
+    if not degrees:
+        return rgb
+    t = np.deg2rad(degrees)
+    k = np.full(3, 1 / np.sqrt(3.0))  # unit grey axis; Rodrigues' rotation about it
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    rotation = np.cos(t) * np.eye(3) + np.sin(t) * cross + (1 - np.cos(t)) * np.outer(k, k)
+    return np.clip(rgb @ rotation.T, 0, 255)
+
+
+def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of images (m, S, S, 3) with edge padding."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    kernel = np.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel /= kernel.sum()
+    for axis in (1, 2):
+        pad = [(0, 0)] * 4
+        pad[axis] = (radius, radius)
+        padded = np.pad(img, pad, mode="edge")
+        size = img.shape[axis]
+        img = sum(w * np.take(padded, np.arange(i, i + size), axis=axis) for i, w in enumerate(kernel))
+    return img
+
+
 def _render(spec, shapes, rng, shp, p_shp, a_shape, rgb, bg_rgb, bg_noise, f, bar) -> np.ndarray:
     """Render one chunk of m images; all per-sample inputs have leading length m."""
     m, S = len(shp), spec.image_size
@@ -433,13 +576,20 @@ def _render(spec, shapes, rng, shp, p_shp, a_shape, rgb, bg_rgb, bg_noise, f, ba
         idx = np.flatnonzero(w > 0)
         if idx.size:
             sdf[idx] += f32(w[idx]) * SHAPE_SDFS[name](u[idx], v[idx])
-    coverage = np.clip(0.5 - sdf * size, 0, 1)[..., None]  # soft mask: ~1 px anti-aliased edge
+    if spec.style == "outline":  # a line about 1.5 px wide along the shape's edge
+        coverage = np.clip(1.25 - np.abs(sdf * size), 0, 1)[..., None]
+    else:
+        coverage = np.clip(0.5 - sdf * size, 0, 1)[..., None]  # soft mask: ~1 px anti-aliased edge
 
     shade = np.ones((m, S, S), dtype=np.float32)
     striped, speckled = np.flatnonzero(f["texture"] == "striped"), np.flatnonzero(f["texture"] == "speckled")
     phase = u[striped] * size[striped] * np.float32(2 * np.pi / spec.stripe_period)  # stripes turn with the shape
     shade[striped] = 1 - spec.texture_strength * (0.5 + 0.5 * np.sin(phase))
     shade[speckled] = 1 - spec.texture_strength * (rng.random((len(speckled), S, S), dtype=np.float32) < 0.3)
+    checkered = np.flatnonzero(f["texture"] == "checkered")
+    cells = np.floor(u[checkered] * size[checkered] / spec.stripe_period) + np.floor(v[checkered] * size[checkered]
+                                                                                     / spec.stripe_period)
+    shade[checkered] = 1 - spec.texture_strength * (cells % 2)
 
     img = np.broadcast_to(bg_rgb.astype(np.float32)[:, None, None, :], (m, S, S, 3)).copy()
     noisy = np.flatnonzero(bg_noise > 0)
@@ -453,6 +603,8 @@ def _render(spec, shapes, rng, shp, p_shp, a_shape, rgb, bg_rgb, bg_noise, f, ba
     bar_cov = np.clip(f32(bar["width"][occ]) / 2 + 0.5 - np.abs(across), 0, 1)[..., None]
     img[occ] = img[occ] * (1 - bar_cov) + f32(bar["grey"][occ])[..., None] * bar_cov
 
+    if spec.blur_sigma > 0:
+        img = _gaussian_blur(img, spec.blur_sigma)
     img += f32(f["noise"])[..., None] * rng.standard_normal((m, S, S, 3), dtype=np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
@@ -577,16 +729,37 @@ def build_world(spec: WorldSpec, root: str | os.PathLike, seed: int, sizes: dict
     """
     base = Path(root) / f"{spec.fingerprint()}-seed{seed}"
     wanted = {"spec_fingerprint": spec.fingerprint(), "seed": seed}
+    return {name: _load_or_generate(base / name, {**wanted, "split": name}, size,
+                                    lambda name=name, size=size: generate_split(spec, name, size, seed))
+            for name, size in sizes.items()}
+
+
+def build_domains(spec: WorldSpec, root: str | os.PathLike, seed: int, num_samples: int,
+                  domains: list[str] | None = None, split: str = "test") -> dict[str, WorldSplit]:
+    """Materialize test domains (default: all of ``spec.domains``) next to the world's splits, as ``<split>@<domain>``.
+
+    Each domain repeats the first ``num_samples`` samples of ``split`` under its shift (:func:`generate_domain`).
+    """
+    domains = sorted(spec.domains) if domains is None else list(domains)
+    for name in domains:
+        spec.domain(name)  # an unknown name fails here, before anything is written
+    base = Path(root) / f"{spec.fingerprint()}-seed{seed}"
     out = {}
-    for name, size in sizes.items():
-        directory = base / name
-        try:
-            meta = read_split_meta(directory)
-            if meta.get("provenance") == {**wanted, "split": name} and meta.get("num_samples") == size:
-                out[name] = load_split(directory)
-                continue
-        except (FileNotFoundError, ValueError):
-            pass  # absent or corrupt: regenerate below
-        out[name] = generate_split(spec, name, size, seed)
-        save_split(out[name], directory)
+    for name in domains:
+        wanted = {"spec_fingerprint": spec.domain(name).fingerprint(), "seed": seed, "split": split, "domain": name}
+        out[name] = _load_or_generate(base / f"{split}@{name}", wanted, num_samples,
+                                      lambda name=name: generate_domain(spec, name, num_samples, seed, split))
     return out
+
+
+def _load_or_generate(directory: Path, provenance: dict, size: int, generate) -> WorldSplit:
+    """The split saved in ``directory`` if its provenance and size match, else ``generate()`` saved there."""
+    try:
+        meta = read_split_meta(directory)
+        if meta.get("provenance") == provenance and meta.get("num_samples") == size:
+            return load_split(directory)
+    except (FileNotFoundError, ValueError):
+        pass  # absent or corrupt: regenerate below
+    split = generate()
+    save_split(split, directory)
+    return split
