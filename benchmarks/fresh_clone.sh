@@ -11,4 +11,4 @@ make demo > rerun.log 2>&1; t2=$(date +%s)
 echo "make demo, fresh clone (install + first run): $((t1 - t0)) s"
 echo "make demo, cached rerun:                      $((t2 - t1)) s"
 echo "ratio rerun/first: $(python3 -c "print(round(($t2-$t1)/($t1-$t0), 3))")"
-grep -A6 '^| model' rerun.log
+grep -A8 '^| model' rerun.log
