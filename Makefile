@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean-runs
+.PHONY: setup demo docs test clean-runs
 
 setup: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m workbench quickstart
+
+docs: $(STAMP)
+	$(PY) -m workbench docs
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -6,6 +6,9 @@ playwright downloads no browser): Run > Run All Cells, wait for the Plotly plots
 the explorer's colour-by control and check that the plot follows. Screenshots go to
 ``$WORKBENCH_TEST_ARTIFACTS/browser`` (default ``runs/test-artifacts/browser``) and, when
 ``WORKBENCH_SCREENSHOTS`` names a folder (``docs/screenshots``), there too: the README shows them.
+``WORKBENCH_BROWSER_PRESET=full`` runs the notebooks on the full preset instead of the smoke one (minutes, not
+seconds, unless ``WORKBENCH_BROWSER_CACHE`` names a cache that holds the full world and models already): the
+README's screenshots come from such a run.
 
 Skipped only where no Chromium is installed; ``.ci/run`` installs Debian's package where it can.
 """
@@ -40,9 +43,14 @@ RUN_ALL_TIMEOUT_MS = 600_000  # a cold smoke cache (world + pretraining) and two
 VIEWPORT = {"width": 1500, "height": 1900}  # tall enough for the whole explorer in one screenshot
 
 
+FULL_PRESET = os.environ.get("WORKBENCH_BROWSER_PRESET", "smoke") == "full"
+
+
 @pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory):
     # The same path as in tests/test_notebooks.py: one smoke world and model cache per session.
+    if FULL_PRESET:
+        return os.environ.get("WORKBENCH_BROWSER_CACHE") or str(tmp_path_factory.getbasetemp() / "full-cache")
     return str(tmp_path_factory.getbasetemp() / "smoke-cache")
 
 
@@ -129,7 +137,7 @@ def lab(tmp_path_factory, smoke_cache):
     base = tmp_path_factory.mktemp("jupyterlab")
     root = base / "root"
     root.mkdir()
-    write_notebook(EXPLORER, root, {"smoke": True, "cache_dir": smoke_cache, "device": "cpu",
+    write_notebook(EXPLORER, root, {"smoke": not FULL_PRESET, "cache_dir": smoke_cache, "device": "cpu",
                                     "run_dir": str(root / "explorer-run"), "overwrite_run_dir": True})
     write_settings(base / "settings")
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_DATA_DIR": str(base / "data"),
@@ -306,7 +314,7 @@ def test_ambiguity_gallery_renders(page, lab, artifacts):
     explorer_run = lab.root / "explorer-run"
     finished = all((explorer_run / f / "metrics.json").is_file() for f in ("kd", "kd_ame"))
     write_notebook(ENTROPY, lab.root, {
-        "smoke": True, "cache_dir": lab.cache, "device": "cpu",
+        "smoke": not FULL_PRESET, "cache_dir": lab.cache, "device": "cpu",
         "explorer_dir": str(explorer_run) if finished else "",  # else the notebook trains the pair itself
         "run_dir": str(lab.root / "entropy-run"), "overwrite_run_dir": True})
     seconds = open_and_run_all(page, lab, ENTROPY, artifacts)

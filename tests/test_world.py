@@ -208,7 +208,7 @@ def write_manifest(tmp_path, edit):
     (lambda d: d["prompt_templates"].append("a photo of a thing."), "prompt_templates"),
     (lambda d: d["caption_templates"].append("a {size} thing"), "caption_templates"),
     (lambda d: d["caption_templates"].append("a {colour} {shape} {mood}"), "caption_templates"),
-    (lambda d: d["generator"]["shapes"].append("hexagon"), "shapes"),
+    (lambda d: d["generator"]["shapes"].append("heart"), "shapes"),
     (lambda d: d["generator"]["colours"].update(red=[300, 0, 0]), "colours.red"),
     (lambda d: d["generator"]["colours"].update(red="crimson"), "colours"),
     (lambda d: d["generator"].update(ambiguous_fraction=1.5), "ambiguous_fraction"),
@@ -345,3 +345,38 @@ def test_a_variant_renders_the_same_samples_in_a_narrower_world(spec, tmp_path):
         spec.variant({"noise_range": 3})
     with pytest.raises(ValueError, match="field 'occlusion_prob' must be a number in"):
         spec.variant({"occlusion_prob": 2.0})
+
+
+def test_second_vocabulary_has_other_classes_and_keeps_the_world(spec):
+    other = spec.vocabulary("second")
+    assert len(other.class_names) == 12 and not set(other.class_names) & set(spec.class_names)
+    assert other.class_names == sorted(other.class_names)
+    assert dataclasses.replace(spec, vocabularies={}).fingerprint() == spec.fingerprint()
+    split = generate_split(other, "test", 48, seed=0)
+    assert split.class_names == other.class_names and np.bincount(split.labels).min() == 4
+    assert other.backgrounds == spec.backgrounds and other.size_range == spec.size_range
+    with pytest.raises(ValueError, match="unknown class vocabulary 'third'; this world's vocabularies: second"):
+        spec.vocabulary("third")
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["vocabularies"]["second"]["shapes"].append("heart"), "vocabularies.second"),
+    (lambda d: d["vocabularies"]["second"].update(textures=["plain"]), "vocabularies.second"),
+    (lambda d: d["vocabularies"]["second"].update(colours={"pink": "rose"}), "vocabularies.second.colours"),
+])
+def test_vocabulary_validation_names_file_and_field(tmp_path, edit, field):
+    path = write_manifest(tmp_path, edit)
+    with pytest.raises(ValueError) as err:
+        load_world_spec(path)
+    assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_new_shapes_are_filled_where_their_distance_is_negative():
+    for name in ("hexagon", "diamond", "ring"):
+        sdf = world.SHAPE_SDFS[name]
+        centre = float(sdf(np.float32(0.0), np.float32(0.0)))
+        edge = float(sdf(np.float32(0.72), np.float32(0.0)))
+        far = float(sdf(np.float32(1.5), np.float32(1.5)))
+        assert far > 0, name
+        assert (centre > 0) == (name == "ring"), name  # a ring has a hole
+        assert edge < 0.3, name

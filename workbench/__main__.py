@@ -33,6 +33,27 @@ def quickstart(args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def docs(args: argparse.Namespace) -> Path:
+    """Render an executed quickstart (full preset) for a code host into docs/notebooks/, running it if needed."""
+    from .notebook_docs import render_for_code_host
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if run_dir is None:
+        run_dir = Path("runs") / time.strftime("docs-quickstart-%Y%m%d-%H%M%S")
+        quickstart(argparse.Namespace(smoke=False, shots=16, ame_weight=50.0, seed=0, world_seed=-1, device="auto",
+                                      cache_dir=args.cache_dir, run_dir=str(run_dir)))
+    executed = run_dir / "00_quickstart.ipynb"
+    if not executed.is_file():
+        raise SystemExit(f"error: {executed} is missing: --run-dir must name a quickstart run directory")
+    if json.loads((run_dir / "parameters.json").read_text())["parameters"].get("smoke"):
+        raise SystemExit(f"error: {run_dir} is a smoke run; the docs show the full preset")
+    out = Path(args.out_dir) / "00_quickstart.ipynb"
+    counts = render_for_code_host(executed, out)
+    print(f"wrote {out} ({counts['bytes'] / 1e6:.2f} MB, {counts['figures']} figure(s) as PNG, "
+          f"{counts['widgets_dropped']} progress bar(s) dropped) from {run_dir}")
+    return out
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run one distillation experiment from a config file into a run directory."""
     from .experiment import experiment_config, run_experiment
@@ -243,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--cache-dir", default="runs/cache", help="world and pretrained models (reused)")
     qs.add_argument("--run-dir", default="", help="results directory (default runs/quickstart-<time>)")
     qs.set_defaults(func=quickstart)
+    dc = commands.add_parser("docs", help="render the executed full quickstart into docs/notebooks/ for a code host")
+    dc.add_argument("--run-dir", default="", help="a finished full quickstart run (default: run one now)")
+    dc.add_argument("--cache-dir", default="runs/cache", help="world and pretrained models (reused)")
+    dc.add_argument("--out-dir", default="docs/notebooks", help="where the rendered notebook goes")
+    dc.set_defaults(func=docs)
     tr = commands.add_parser("train", help="one distillation run from a config file (see workbench.experiment); "
                                            "multi-GPU: torchrun --nproc-per-node N -m workbench train …")
     tr.add_argument("--config", required=True, help="YAML/JSON experiment config, e.g. configs/kd_ame.yaml")

@@ -143,3 +143,26 @@ def regime_table(summary: dict) -> str:
         met = ("yes" if summary["met"][name] else "no") if name in summary.get("met", {}) else ""
         lines.append(f"| {name} | {value:.3f} | {target} | {met} |")
     return "\n".join(lines)
+
+
+def vocabulary_accuracy(models: dict, spec, root, seed: int, num_samples: int, text_model, tokenizer,
+                        device=None) -> dict[str, dict]:
+    """Accuracy of each model on each other class vocabulary of ``spec`` (cross-dataset transfer).
+
+    For every vocabulary (``spec.vocabularies``) the world renders ``num_samples`` test images of its classes
+    (cached under ``root`` like any split) and every model is scored among that vocabulary's own class
+    vectors, built with ``text_model``'s text tower (the locked tower every embedded model shares).
+    Returns ``{model: {"vocabulary_<name>": accuracy}}``.
+    """
+    from . import world
+    from .models import build_class_vectors
+
+    table = {name: {} for name in models}
+    for vocabulary in sorted(spec.vocabularies):
+        other = spec.vocabulary(vocabulary)
+        split = world.build_world(other, root, seed, {"test": num_samples})["test"]
+        vectors = build_class_vectors(text_model, tokenizer, other.class_names, other.prompt_templates, device=device)
+        column = f"vocabulary_{vocabulary}"
+        for name, row in domain_accuracy(models, {column: split}, vectors, device=device).items():
+            table[name][column] = row[column]
+    return table

@@ -31,7 +31,7 @@ DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "data_manifests" / "emb
 TEXTURES = ("plain", "striped", "speckled", "checkered")  # every texture the renderer knows
 STYLES = ("filled", "outline")  # how a shape is drawn: its area, or only its edge (the "sketch" domain)
 # Generator fields a test domain may not change: a domain shows the same classes, at the same size.
-_CLASS_FIELDS = ("colours", "shapes", "class_order", "image_size", "domains")
+_CLASS_FIELDS = ("colours", "shapes", "class_order", "image_size", "domains", "vocabularies")
 CAPTION_FIELDS = ("class", "colour", "shape", "size", "texture", "background", "position")
 FACTOR_NAMES = ("size", "x", "y", "rotation", "background", "brightness", "texture", "noise", "occluded")
 _CHUNK = 1024  # images rendered at once: keeps float32 temporaries at a few tens of MB
@@ -67,17 +67,31 @@ def _sd_star(x, y, r=1.2, rf=0.5):  # five points, one pointing up; rf sets the 
     return np.hypot(px - bax * h, py - bay * h) * np.sign(py * bax - px * bay)
 
 
+def _sd_hexagon(x, y, r=0.9):  # regular, flat top and bottom; r is the inner radius
+    kx, ky, kz = -0.866025404, 0.5, 0.577350269
+    px, py = np.abs(x), np.abs(y)
+    d = 2 * np.minimum(kx * px + ky * py, 0)
+    px, py = px - d * kx, py - d * ky
+    px = px - np.clip(px, -kz * r, kz * r)
+    py = py - r
+    return np.hypot(px, py) * np.sign(py)
+
+
 SHAPE_SDFS = {
     "circle": lambda x, y: np.hypot(x, y) - 1.0,
     "square": lambda x, y: _sd_box(x, y, 0.85, 0.85),
     "triangle": _sd_triangle,
     "cross": lambda x, y: np.minimum(_sd_box(x, y, 1.0, 0.34), _sd_box(x, y, 0.34, 1.0)),
     "star": _sd_star,
+    # shapes of the second vocabulary (cross-dataset transfer): never in the default world's classes
+    "hexagon": _sd_hexagon,
+    "diamond": lambda x, y: _sd_box((x + y) * np.float32(0.70710678), (x - y) * np.float32(0.70710678), 0.72, 0.72),
+    "ring": lambda x, y: np.abs(np.hypot(x, y) - 0.72) - 0.28,
 }
 
 
 SHAPE_SYMBOLS = {"circle": "circle", "square": "square", "triangle": "triangle-up", "cross": "cross",
-                 "star": "star"}  # shape -> Plotly marker symbol, so that maps draw each class as itself
+                 "star": "star", "hexagon": "hexagon", "diamond": "diamond", "ring": "octagon"}  # shape -> Plotly marker symbol, so that maps draw each class as itself
 
 
 # ----------------------------------------------------------------------------- spec
@@ -130,6 +144,9 @@ class WorldSpec:
     blur_sigma: float = 0.0  # Gaussian blur of the finished image, pixels (a test-domain shift)
     class_order: tuple[str, ...] = ()  # class names in label order; empty: sorted names
     domains: dict[str, dict] = field(default_factory=dict)  # test domain name -> generator fields it overrides
+    # other class vocabularies (name -> {colours, shapes}): the same world with other classes, the embedded
+    # analogue of evaluating on another dataset (cross-dataset transfer)
+    vocabularies: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
         _validate(self)
@@ -156,6 +173,13 @@ class WorldSpec:
             known = ", ".join(sorted(self.domains)) or "none declared"
             raise ValueError(f"unknown test domain {name!r}; this world's domains: {known}")
         return replace(self, domains={}, **self.domains[name])
+
+    def vocabulary(self, name: str) -> "WorldSpec":
+        """The world with the classes of vocabulary ``name`` (its colours x shapes, sorted), nothing else changed."""
+        if name not in self.vocabularies:
+            known = ", ".join(sorted(self.vocabularies)) or "none declared"
+            raise ValueError(f"unknown class vocabulary {name!r}; this world's vocabularies: {known}")
+        return replace(self, class_order=(), domains={}, vocabularies={}, **self.vocabularies[name])
 
     def variant(self, overrides: dict) -> "WorldSpec":
         """This world with some generator fields replaced, the same classes (e.g. a narrower pretraining slice).
@@ -192,7 +216,7 @@ class WorldSpec:
         ``domains`` is left out: declaring a test domain does not change the training images (each domain's
         own spec, :meth:`domain`, has its own fingerprint).
         """
-        fields_ = {k: v for k, v in asdict(self).items() if k != "domains"}
+        fields_ = {k: v for k, v in asdict(self).items() if k not in ("domains", "vocabularies")}
         blob = json.dumps({"generator_version": GENERATOR_VERSION, "spec": fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -274,6 +298,14 @@ def _validate(s: WorldSpec) -> None:
             replace(s, domains={}, **overrides)
         except ValueError as err:
             raise ValueError(f"domains.{name}: {err}") from None
+    _check(isinstance(s.vocabularies, dict), "vocabularies", "a mapping name -> {colours, shapes}", s.vocabularies)
+    for name, vocabulary in s.vocabularies.items():
+        _check(isinstance(vocabulary, dict) and set(vocabulary) == {"colours", "shapes"}, f"vocabularies.{name}",
+               "a mapping with exactly the keys colours and shapes", vocabulary)
+        try:
+            replace(s, class_order=(), domains={}, vocabularies={}, **vocabulary)
+        except ValueError as err:
+            raise ValueError(f"vocabularies.{name}: {err}") from None
     for name, lo, hi in [("size_range", 0.05, 0.5), ("noise_range", 0, 64), ("occlusion_width", 0.01, 0.5)]:
         v = getattr(s, name)
         _check(isinstance(v, tuple) and len(v) == 2 and lo <= v[0] <= v[1] <= hi, name,
@@ -281,7 +313,7 @@ def _validate(s: WorldSpec) -> None:
 
 
 _MANIFEST_KEYS = {"name", "description", "licence", "version", "generator", "prompt_templates", "caption_templates",
-                  "classes", "domains"}
+                  "classes", "domains", "vocabularies"}
 
 
 _STRUCTURE = {  # what each generator field looks like in YAML, for error messages
@@ -289,7 +321,8 @@ _STRUCTURE = {  # what each generator field looks like in YAML, for error messag
     "size_range": "a pair [low, high]", "noise_range": "a pair [low, high]", "occlusion_width": "a pair [low, high]",
     "shapes": "a list of names", "textures": "a list of names", "prompt_templates": "a list of strings",
     "caption_templates": "a list of strings", "image_size": "an integer", "style": "a name",
-    "class_order": "a list of class names", "domains": "a mapping name -> generator fields"}
+    "class_order": "a list of class names", "domains": "a mapping name -> generator fields",
+    "vocabularies": "a mapping name -> {colours, shapes}"}
 
 
 def _seq(v) -> tuple:
@@ -344,13 +377,13 @@ def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
     if not isinstance(generator, dict):
         raise ValueError(f"{path}: field 'generator' must be a mapping, got {generator!r}")
     spec_fields = {f.name for f in fields(WorldSpec)} - {"prompt_templates", "caption_templates", "class_order",
-                                                         "domains"}
+                                                         "domains", "vocabularies"}
     unknown = set(generator) - spec_fields
     if unknown:
         raise ValueError(f"{path}: unknown keys in 'generator': {sorted(unknown)}; "
                          f"expected some of {sorted(spec_fields)}")
-    values = {**generator, **{k: doc[k] for k in ("prompt_templates", "caption_templates", "classes", "domains")
-                              if k in doc}}
+    values = {**generator, **{k: doc[k] for k in ("prompt_templates", "caption_templates", "classes", "domains",
+                                                  "vocabularies") if k in doc}}
     if "classes" in values:
         values["class_order"] = values.pop("classes")
     kwargs = {}
@@ -366,6 +399,18 @@ def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
             except (TypeError, ValueError, AttributeError, KeyError):
                 raise ValueError(f"{path}: field 'domains.{name}.{key}' must be {_STRUCTURE.get(key, 'a number')}, "
                                  f"got {v!r}") from None
+    vocabularies = values.pop("vocabularies", None) or {}
+    if not isinstance(vocabularies, dict) or not all(isinstance(v, dict) for v in vocabularies.values()):
+        raise ValueError(f"{path}: field 'vocabularies' must be {_STRUCTURE['vocabularies']}, got {vocabularies!r}")
+    kwargs["vocabularies"] = {}
+    for name, vocabulary in vocabularies.items():
+        kwargs["vocabularies"][str(name)] = {}
+        for key, v in vocabulary.items():
+            try:
+                kwargs["vocabularies"][str(name)][key] = _convert(key, v)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                raise ValueError(f"{path}: field 'vocabularies.{name}.{key}' must be "
+                                 f"{_STRUCTURE.get(key, 'a number')}, got {v!r}") from None
     for key, v in values.items():
         try:
             kwargs[key] = _convert(key, v)
