@@ -348,6 +348,22 @@ def _convert(key: str, v):
     return float(v)
 
 
+def _convert_named(path, name: str, entries) -> dict[str, dict]:
+    """``domains`` / ``vocabularies`` from YAML: name -> generator fields, each value converted like a field."""
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise ValueError(f"{path}: field '{name}' must be {_STRUCTURE[name]}, got {entries!r}")
+    out = {}
+    for entry, settings in entries.items():
+        out[str(entry)] = {}
+        for key, v in settings.items():
+            try:
+                out[str(entry)][key] = _convert(key, v)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                raise ValueError(f"{path}: field '{name}.{entry}.{key}' must be {_STRUCTURE.get(key, 'a number')}, "
+                                 f"got {v!r}") from None
+    return out
+
+
 def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
     """Read a world manifest (YAML) into a validated :class:`WorldSpec`.
 
@@ -386,31 +402,7 @@ def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
                                                   "vocabularies") if k in doc}}
     if "classes" in values:
         values["class_order"] = values.pop("classes")
-    kwargs = {}
-    domains = values.pop("domains", None) or {}
-    if not isinstance(domains, dict) or not all(isinstance(d, dict) for d in domains.values()):
-        raise ValueError(f"{path}: field 'domains' must be {_STRUCTURE['domains']}, got {domains!r}")
-    kwargs["domains"] = {}
-    for name, overrides in domains.items():
-        kwargs["domains"][str(name)] = {}
-        for key, v in overrides.items():
-            try:
-                kwargs["domains"][str(name)][key] = _convert(key, v)
-            except (TypeError, ValueError, AttributeError, KeyError):
-                raise ValueError(f"{path}: field 'domains.{name}.{key}' must be {_STRUCTURE.get(key, 'a number')}, "
-                                 f"got {v!r}") from None
-    vocabularies = values.pop("vocabularies", None) or {}
-    if not isinstance(vocabularies, dict) or not all(isinstance(v, dict) for v in vocabularies.values()):
-        raise ValueError(f"{path}: field 'vocabularies' must be {_STRUCTURE['vocabularies']}, got {vocabularies!r}")
-    kwargs["vocabularies"] = {}
-    for name, vocabulary in vocabularies.items():
-        kwargs["vocabularies"][str(name)] = {}
-        for key, v in vocabulary.items():
-            try:
-                kwargs["vocabularies"][str(name)][key] = _convert(key, v)
-            except (TypeError, ValueError, AttributeError, KeyError):
-                raise ValueError(f"{path}: field 'vocabularies.{name}.{key}' must be "
-                                 f"{_STRUCTURE.get(key, 'a number')}, got {v!r}") from None
+    kwargs = {name: _convert_named(path, name, values.pop(name, None) or {}) for name in ("domains", "vocabularies")}
     for key, v in values.items():
         try:
             kwargs[key] = _convert(key, v)
