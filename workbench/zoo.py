@@ -62,7 +62,7 @@ def cache_key(config: PretrainConfig, world_fingerprint: str) -> str:
     """Short hash of everything that determines the pretrained weights."""
     # "init" marks weights initialised from the config's seed; earlier caches depended on the process's RNG history.
     settings = asdict(config)
-    if not settings["world_overrides"]:  # absent when unused, so that earlier caches keep their keys
+    if not settings["world_overrides"]:  # left out when empty: only models that use it get a new key
         del settings["world_overrides"]
     payload = json.dumps({"config": settings, "model": load_model_config(config.model),
                           "world": world_fingerprint, "init": "seeded"}, sort_keys=True)
