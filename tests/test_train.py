@@ -1,3 +1,4 @@
+import dataclasses
 import copy
 import json
 import math
@@ -296,3 +297,30 @@ def test_a_model_with_world_overrides_pretrains_on_its_narrower_split(tmp_path):
         zoo.PretrainConfig("embedded-vit-student", 32, world_overrides={"colours": {"red": [1, 2, 3]}})
     with pytest.raises(ValueError, match="unknown pretraining settings \\['views'\\]"):
         zoo.PretrainConfig.from_dict({"model": "embedded-vit-student", "num_images": 3, "views": 2})
+
+
+def test_load_or_distill_repeats_nothing_and_gives_the_same_student(tmp_path, student_and_tokenizer):
+    from workbench.world import WorldSpec, generate_split
+
+    student, _ = student_and_tokenizer
+    split = generate_split(WorldSpec(), "train", 48, seed=0)
+    vectors = torch.nn.functional.normalize(torch.randn(30, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+    targets = recipes.TeacherTargets(torch.nn.functional.normalize(torch.randn(48, 384), dim=-1), 20.0)
+    settings = recipes.DistillConfig(optim=OptimConfig(epochs=1, batch_size=16, lr=1e-3))
+    runs = []
+    for run in range(2):
+        model = copy.deepcopy(student)
+        done = zoo.load_or_distill(model, split.images, targets, vectors, settings, torch.device("cpu"),
+                                   tmp_path / "cache", {"teacher": "t", "student": "s"}, tmp_path / f"log{run}.jsonl")
+        runs.append((model, done))
+    (first, a), (second, b) = runs
+    assert not a["from_cache"] and b["from_cache"] and a["key"] == b["key"]
+    torch.testing.assert_close(encode_images(second, split.images[:4]), encode_images(first, split.images[:4]))
+    assert (tmp_path / "log0.jsonl").read_text() == (tmp_path / "log1.jsonl").read_text() != ""
+    other = zoo.load_or_distill(copy.deepcopy(student), split.images, targets, vectors,
+                                dataclasses.replace(settings, ame_weight=5.0), torch.device("cpu"), tmp_path / "cache",
+                                {"teacher": "t", "student": "s"}, tmp_path / "log2.jsonl")
+    assert not other["from_cache"] and other["key"] != a["key"]
+    with pytest.raises(ValueError, match="live teacher"):
+        zoo.load_or_distill(copy.deepcopy(student), split.images, recipes.TeacherTargets(None, 20.0), vectors,
+                            settings, torch.device("cpu"), tmp_path / "cache", {}, tmp_path / "log3.jsonl")

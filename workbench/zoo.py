@@ -223,3 +223,39 @@ def load_embedded_setup(preset, cache_dir: str | Path, device: torch.device, pro
     class_vectors = models.build_class_vectors(teacher, tokenizer, spec.class_names, spec.prompt_templates,
                                                device=device)
     return EmbeddedSetup(preset, spec, splits, teacher, student, tokenizer, class_vectors, teacher_info, student_info)
+
+
+def load_or_distill(student, images, targets, class_vectors: torch.Tensor, settings, device: torch.device,
+                    cache_dir: str | Path, identity: dict, log_path: str | Path, progress: bool = False) -> dict:
+    """Distil into ``student`` (:func:`workbench.recipes.distill`), or load the result of the same distillation.
+
+    The key covers ``identity`` (e.g. the pretrained teacher's and student's cache keys), every setting, the
+    training images, the teacher's targets and the class vectors, so an identical run is loaded instead of
+    repeated (runs are deterministic on a device: the loaded student equals the one training would give).
+    The step log is copied to ``log_path`` either way. Returns ``{"key", "from_cache"}``.
+    """
+    import shutil
+
+    from .image_sources import array_fingerprint
+    from .recipes import distill
+
+    if targets.features is None:
+        raise ValueError("load_or_distill caches runs with cached teacher targets; a live teacher has none to key on")
+    payload = json.dumps({"identity": identity, "settings": asdict(settings), "images": array_fingerprint(images),
+                          "targets": array_fingerprint(targets.features.float().cpu().numpy()),
+                          "logit_scale": targets.logit_scale,
+                          "vectors": array_fingerprint(class_vectors.float().cpu().numpy()), "device": device.type},
+                         sort_keys=True, default=str)
+    key = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / key
+    weights, log = folder / "student.safetensors", folder / "train.jsonl"
+    if weights.is_file() and log.is_file():
+        load_weights(student, weights)
+        shutil.copyfile(log, log_path)
+        return {"key": key, "from_cache": True}
+    distill(student, images, targets, class_vectors, settings, device, log_path=log_path, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log_path, log.with_suffix(".tmp"))
+    save_weights(student, weights, metadata={"key": key})
+    log.with_suffix(".tmp").replace(log)  # the log last: a half-written entry is never taken for a finished one
+    return {"key": key, "from_cache": False}
