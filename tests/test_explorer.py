@@ -156,3 +156,15 @@ def test_the_explorer_uses_a_figure_widget_when_anywidget_is_installed(runs):
     assert explorer.figure in explorer.widget.children
     explorer.colour_by.value = "entropy"
     np.testing.assert_allclose(explorer.figure.data[0].marker.color, runs["KD"][2]["entropy"])
+
+
+def test_explorer_draws_each_class_with_its_symbol_through_redraws(runs):
+    symbols = ["circle", "square", "triangle-up", "cross", "star", "diamond"][:len(NAMES)]
+    explorer = ManifoldExplorer(runs, NAMES, base_classes=[0, 1], method="pca", figure_widget=False,
+                                class_symbols=symbols)
+    labels = np.asarray(runs["KD"][2]["label"])[_drawn(explorer)]
+    expected = [symbols[y] + ("" if y in (0, 1) else "-open") for y in labels]
+    assert list(explorer.figure.data[0].marker.symbol) == expected
+    assert list(explorer.figure.data[1].marker.symbol) == symbols
+    explorer.colour_by.value = "entropy"  # a redraw keeps the symbols
+    assert list(explorer.figure.data[0].marker.symbol) == expected

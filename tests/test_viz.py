@@ -392,3 +392,20 @@ def test_save_png_writes_a_png(world_map, tmp_path):
     path = viz.save_png(fig, tmp_path / "fig.png", scale=1)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_projection_and_comparison_maps_draw_each_class_with_its_symbol(world_map):
+    w = world_map
+    symbols = ["circle", "square", "triangle-up", "cross", "star"]
+    fig = viz.projection_figure(w["image_xy"], w["text_xy"], w["table"], w["names"], base_classes=[0, 1],
+                                class_symbols=symbols, max_points=None)
+    labels = np.asarray(w["table"]["label"])[np.asarray(fig.data[0].customdata)]
+    expected = [symbols[y] + ("" if y in (0, 1) else "-open") for y in labels]
+    assert list(fig.data[0].marker.symbol) == expected and list(fig.data[1].marker.symbol) == symbols
+    panels = {"a": (w["image_xy"], w["text_xy"], w["table"]), "b": (w["image_xy"], w["text_xy"], w["table"])}
+    both = viz.comparison_figure(panels, w["names"], class_symbols=symbols, max_points=None)
+    assert list(both.data[1].marker.symbol) == symbols and set(both.data[0].marker.symbol) <= set(symbols)
+    plain = viz.projection_figure(w["image_xy"], w["text_xy"], w["table"], w["names"], max_points=None)
+    assert plain.data[1].marker.symbol == "star"
+    with pytest.raises(ValueError, match="class_symbols has 2 entries for 5 classes"):
+        viz.projection_figure(w["image_xy"], w["text_xy"], w["table"], w["names"], class_symbols=["circle", "star"])

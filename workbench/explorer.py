@@ -156,6 +156,9 @@ class ManifoldExplorer:
     base_classes : array-like of int, optional
         Enables colouring by split; new-class images are drawn as diamonds.
     class_colours : sequence of CSS colours (C,), optional
+    class_symbols : sequence of Plotly marker symbols (C,), optional
+        Each image and class vector drawn with its class's symbol (new-class images open), e.g. the embedded
+        world's shapes (:meth:`workbench.world.WorldSpec.class_symbols`).
     method : {"umap", "pca", "tsne"}, default "umap"
         Projection fitted on the first run (:func:`workbench.viz.joint_projection`); ignored when
         ``projection`` is given.
@@ -184,7 +187,8 @@ class ManifoldExplorer:
 
     def __init__(self, runs, class_names: Sequence[str], images=None, base_classes=None, class_colours=None,
                  method: str = "umap", projection: viz.Projection | None = None, seed: int = 0,
-                 max_points: int | None = viz.DEFAULT_MAX_POINTS, top_k: int = 5, figure_widget: bool | None = None):
+                 max_points: int | None = viz.DEFAULT_MAX_POINTS, top_k: int = 5, figure_widget: bool | None = None,
+                 class_symbols: Sequence[str] | None = None):
         import ipywidgets as widgets
 
         self.runs = _as_runs(runs)
@@ -198,6 +202,7 @@ class ManifoldExplorer:
         self.images = images
         self.base_classes = None if base_classes is None else np.asarray(base_classes)
         self.class_colours = class_colours
+        self.class_symbols = class_symbols
         self.method, self.seed, self.max_points, self.top_k = method, seed, max_points, top_k
         self.projection = projection
         self._coords: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -273,8 +278,8 @@ class ManifoldExplorer:
         mask = self.visible_mask()
         rows = viz._visible_rows(table, mask, self.max_points, self.seed)
         images = viz.image_trace(image_xy, table, self.class_names, self.colour_by.value, rows,
-                                 self.base_classes, self.class_colours)
-        texts = viz.text_trace(text_xy, self.class_names, self.class_colours)
+                                 self.base_classes, self.class_colours, class_symbols=self.class_symbols)
+        texts = viz.text_trace(text_xy, self.class_names, self.class_colours, class_symbols=self.class_symbols)
         return images, texts, rows, mask
 
     def _build_figure(self):

@@ -387,21 +387,33 @@ def hover_texts(table: Mapping, rows, class_names: Sequence[str]) -> list[str]:
     return texts
 
 
+def _point_symbols(labels, base_classes=None, class_symbols=None) -> list[str] | None:
+    """Marker symbol per point: its class's own symbol (open for new classes), or circle/diamond for base/new."""
+    labels = np.asarray(labels)
+    is_base = np.ones(len(labels), bool) if base_classes is None else np.isin(labels, np.asarray(base_classes))
+    if class_symbols is not None:
+        return [class_symbols[label] + ("" if base else "-open") for label, base in zip(labels, is_base)]
+    return None if base_classes is None else np.where(is_base, "circle", "diamond").tolist()
+
+
 def image_trace(image_coords, table: Mapping, class_names: Sequence[str], colour_by: str = "class", rows=None,
-                base_classes=None, class_colours=None, crange=None, show_scale: bool = True, name: str = "images"):
+                base_classes=None, class_colours=None, crange=None, show_scale: bool = True, name: str = "images",
+                class_symbols: Sequence[str] | None = None):
     """The WebGL scatter of the images ``rows`` (default all), coloured by ``colour_by``.
 
     ``customdata`` holds each point's row in ``table``, so a click or :func:`drawn_indices` maps
-    points back to samples. Images of new classes are diamonds when ``base_classes`` is given.
+    points back to samples. Images of new classes are diamonds when ``base_classes`` is given; with
+    ``class_symbols`` (one Plotly symbol per class) each image has its class's symbol, open for new
+    classes (2-D maps only: a 3-D scatter knows few symbols).
     """
     go = _require("plotly.graph_objects", "plotting")
     coords = np.asarray(image_coords)
     rows = np.arange(len(coords)) if rows is None else np.asarray(rows, dtype=np.int64)
     colours = colouring(table, colour_by, class_names, base_classes, class_colours, crange)
-    symbols = None
-    if base_classes is not None:
-        is_base = np.isin(np.asarray(table["label"])[rows], np.asarray(base_classes))
-        symbols = np.where(is_base, "circle", "diamond").tolist()
+    if class_symbols is not None and len(class_symbols) != len(class_names):
+        raise ValueError(f"class_symbols has {len(class_symbols)} entries for {len(class_names)} classes")
+    symbols = _point_symbols(np.asarray(table["label"])[rows], base_classes,
+                             class_symbols if coords.shape[1] == 2 else None)
     props = dict(mode="markers", name=name, customdata=rows, text=hover_texts(table, rows, class_names),
                  hoverinfo="text", marker=_marker(colours, rows, symbols=symbols, show_scale=show_scale),
                  showlegend=False)
@@ -411,14 +423,15 @@ def image_trace(image_coords, table: Mapping, class_names: Sequence[str], colour
     return go.Scattergl(x=coords[rows, 0], y=coords[rows, 1], **props)
 
 
-def text_trace(text_coords, class_names: Sequence[str], class_colours=None, name: str = "class text vectors"):
-    """Class text vectors as labelled stars."""
+def text_trace(text_coords, class_names: Sequence[str], class_colours=None, name: str = "class text vectors",
+               class_symbols: Sequence[str] | None = None):
+    """Class text vectors as labelled stars, or each as its class's symbol (``class_symbols``)."""
     go = _require("plotly.graph_objects", "plotting")
     coords = np.asarray(text_coords)
     props = dict(mode="markers+text", name=name, text=list(class_names), textposition="top center",
                  textfont={"size": 9}, hoverinfo="text",
-                 marker={"size": 14, "symbol": "star", "color": _class_colours(class_names, class_colours),
-                         "line": {"width": 1, "color": "black"}})
+                 marker={"size": 14, "symbol": "star" if class_symbols is None else list(class_symbols),
+                         "color": _class_colours(class_names, class_colours), "line": {"width": 1, "color": "black"}})
     if coords.shape[1] == 3:
         props["marker"].update(size=6, symbol="diamond")
         return go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2], **props)
@@ -460,7 +473,7 @@ def _hide_axes(fig) -> None:
 def projection_figure(image_coords, text_coords, table: Mapping, class_names: Sequence[str],
                       colour_by: str = "class", base_classes=None, class_colours=None, mask=None,
                       max_points: int | None = DEFAULT_MAX_POINTS, seed: int = 0,
-                      title: str = "Shared image-text space"):
+                      title: str = "Shared image-text space", class_symbols: Sequence[str] | None = None):
     """Map of images and class text vectors, the images coloured by a per-sample quantity.
 
     Parameters
@@ -494,8 +507,9 @@ def projection_figure(image_coords, text_coords, table: Mapping, class_names: Se
     go = _require("plotly.graph_objects", "plotting")
     _check_rows(image_coords, table)
     rows = _visible_rows(table, mask, max_points, seed)
-    trace = image_trace(image_coords, table, class_names, colour_by, rows, base_classes, class_colours)
-    fig = go.Figure([trace, text_trace(text_coords, class_names, class_colours)])
+    trace = image_trace(image_coords, table, class_names, colour_by, rows, base_classes, class_colours,
+                        class_symbols=class_symbols)
+    fig = go.Figure([trace, text_trace(text_coords, class_names, class_colours, class_symbols=class_symbols)])
     if np.asarray(image_coords).shape[1] == 2:
         fig.add_traces(_legend_traces(colouring(table, colour_by, class_names, base_classes, class_colours)))
         _hide_axes(fig)
@@ -558,7 +572,7 @@ def manifold_figure(image_coords, text_coords, labels, class_names: Sequence[str
 def comparison_figure(runs: Mapping[str, tuple], class_names: Sequence[str], colour_by: str = "class",
                       animate: bool = False, base_classes=None, class_colours=None,
                       max_points: int | None = DEFAULT_MAX_POINTS, seed: int = 0,
-                      title: str = "Runs in the same coordinates"):
+                      title: str = "Runs in the same coordinates", class_symbols: Sequence[str] | None = None):
     """Two or more runs (KD vs KD + AME, or epochs of one run) drawn in the same coordinates.
 
     Parameters
@@ -566,7 +580,7 @@ def comparison_figure(runs: Mapping[str, tuple], class_names: Sequence[str], col
     runs : mapping of run name to ``(image_coords, text_coords, table)``
         2-D coordinates in one map (from :func:`project_runs`) and the per-sample table of each run,
         all describing the same samples in the same order (their ``label`` columns must agree).
-    class_names, colour_by, base_classes, class_colours, max_points, seed
+    class_names, colour_by, base_classes, class_colours, max_points, seed, class_symbols
         As in :func:`projection_figure`; the subsample is drawn once, so every panel or frame
         shows the same samples, and numeric colour scales share one range.
     animate : bool, default False
@@ -600,8 +614,8 @@ def comparison_figure(runs: Mapping[str, tuple], class_names: Sequence[str], col
     def traces(name, show_scale=True):
         image_xy, text_xy, table = runs[name]
         return [image_trace(image_xy, table, class_names, colour_by, rows, base_classes, class_colours, crange,
-                            show_scale=show_scale, name="images"),
-                text_trace(text_xy, class_names, class_colours)]
+                            show_scale=show_scale, name="images", class_symbols=class_symbols),
+                text_trace(text_xy, class_names, class_colours, class_symbols=class_symbols)]
 
     if not animate:
         from plotly.subplots import make_subplots
@@ -989,7 +1003,15 @@ def save_png(fig, path: str | os.PathLike, scale: float = 2.0) -> Path:
     previous = os.environ.get("BROWSER_PATH")
     os.environ["BROWSER_PATH"] = browser
     try:
-        fig.write_image(str(tmp), format="png", scale=scale)
+        for attempt in range(2):
+            try:
+                fig.write_image(str(tmp), format="png", scale=scale)
+                break
+            except Exception:  # noqa: BLE001
+                # Seen once (a CI run while another Chromium was busy on the machine): kaleido evaluated its
+                # script before its page had loaded ("kaleido_scopes is not defined"). A second try renders.
+                if attempt:
+                    raise
     finally:
         if previous is None:
             os.environ.pop("BROWSER_PATH", None)
