@@ -1009,7 +1009,7 @@ def save_png(fig, path: str | os.PathLike, scale: float = 2.0) -> Path:
                 break
             except Exception:  # noqa: BLE001
                 # Seen once (a CI run while another Chromium was busy on the machine): kaleido evaluated its
-                # script before its page had loaded ("kaleido_scopes is not defined"). A second try renders.
+                # script before its page had loaded ("kaleido_scopes is not defined"); so one more try.
                 if attempt:
                     raise
     finally:
