@@ -61,10 +61,7 @@ class PretrainConfig:
 def cache_key(config: PretrainConfig, world_fingerprint: str) -> str:
     """Short hash of everything that determines the pretrained weights."""
     # "init" marks weights initialised from the config's seed; earlier caches depended on the process's RNG history.
-    settings = asdict(config)
-    if not settings["world_overrides"]:  # left out when empty: only models that use it get a new key
-        del settings["world_overrides"]
-    payload = json.dumps({"config": settings, "model": load_model_config(config.model),
+    payload = json.dumps({"config": asdict(config), "model": load_model_config(config.model),
                           "world": world_fingerprint, "init": "seeded"}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
