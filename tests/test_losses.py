@@ -316,7 +316,8 @@ def test_feature_kd_matches_reference_and_gradcheck(distance):
     g = torch.Generator().manual_seed(4)
     s, t = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
     sn, tn = s.numpy() / np.linalg.norm(s.numpy(), axis=1, keepdims=True), t.numpy() / np.linalg.norm(t.numpy(), axis=1, keepdims=True)
-    expected = np.mean(1 - (sn * tn).sum(1)) if distance == "cosine" else np.mean(((sn - tn) ** 2).sum(1))
+    # mse: the element mean of squared differences, as F.mse_loss and CLIP-KD's FD (loss.py) compute it
+    expected = np.mean(1 - (sn * tn).sum(1)) if distance == "cosine" else np.mean((sn - tn) ** 2)
     loss = FeatureKDLoss(distance, weight=2.0)
     assert float(loss(s, t)["feature_kd_loss"]) == pytest.approx(2.0 * expected, rel=1e-10)
     assert float(loss(3.0 * t, t)["feature_kd_loss"]) == pytest.approx(0.0, abs=1e-12)  # direction only

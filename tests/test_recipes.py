@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from workbench import recipes
 from workbench.cache import cached_image_features, model_fingerprint
+from workbench.image_sources import images_to_device, normalize_images
 from workbench.losses import KDLoss, SymmetricKLLoss
 from workbench.prompts import PromptedStudent, VisualPrompts
 from workbench.train import ModelSelector, OptimConfig, fit
@@ -53,12 +54,17 @@ def test_prompted_tower_equals_open_clip_forward_with_the_same_tokens_inserted(s
 
 def test_prompted_student_trains_prompts_and_projector_only(student_and_tokenizer):
     student = copy.deepcopy(student_and_tokenizer[0])
-    model = PromptedStudent(student, teacher_width=128, logit_scale=50.0, num_tokens=4, depth=2)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        "prompts.tokens", "projector.weight", "projector.bias"}
+    model = PromptedStudent(student, teacher_width=128, logit_scale=50.0, num_tokens=4, depth=2, init_std=0.02)
+    # PromptKD's projector: Linear, BatchNorm, ReLU, Linear, every part trained.
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"prompts.tokens"} | {
+        f"projector.{i}.{kind}" for i in (0, 1, 3) for kind in ("weight", "bias")}
+    assert [type(m).__name__ for m in model.projector] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert model.prompts.tokens.std().item() == pytest.approx(0.02, rel=0.1)
     assert model.encode_image(torch.randn(2, 3, 32, 32), normalize=True).shape == (2, 128)
-    square = PromptedStudent(copy.deepcopy(student_and_tokenizer[0]), 384, 50.0)
+    square = PromptedStudent(copy.deepcopy(student_and_tokenizer[0]), 384, 50.0, projector="linear")
     torch.testing.assert_close(square.projector.weight, torch.eye(384))  # starts at the student's own embedding
+    with pytest.raises(ValueError, match="projector 'none' keeps the width 384; the target width is 128"):
+        PromptedStudent(copy.deepcopy(student_and_tokenizer[0]), 128, 50.0, projector="none")
     with pytest.raises(ValueError, match="prompt depth 5 exceeds the image tower's 4 layers"):
         VisualPrompts(96, depth=5).encode(student.visual, torch.randn(1, 3, 32, 32))
     with pytest.raises(TypeError, match="need an open_clip VisionTransformer"):
@@ -94,9 +100,9 @@ def test_promptkd_and_dho_lower_their_loss_with_and_without_ame(student_and_toke
     assert frozen == (recipe == "promptkd")  # PromptKD never touches the backbone; DHO trains it
 
 
-def test_promptkd_with_the_field_settings_uses_per_element_kd(student_and_tokenizer):
-    _, _, result = _distill(student_and_tokenizer, "promptkd", 0.0, epochs=1, kd_weight=1000.0, kd_reduction="mean")
-    _, _, plain = _distill(student_and_tokenizer, "promptkd", 0.0, epochs=1)
+def test_promptkd_defaults_use_per_element_kd_weighted_1000(student_and_tokenizer):
+    _, _, result = _distill(student_and_tokenizer, "promptkd", 0.0, epochs=1)
+    _, _, plain = _distill(student_and_tokenizer, "promptkd", 0.0, epochs=1, kd_weight=1.0, kd_reduction="batchmean")
     # Same first batch, same initial prompts: 1000 × per-element mean = 1000 / C × batchmean (C = 4).
     assert result.history[0]["kd_loss"] == pytest.approx(250.0 * plain.history[0]["kd_loss"], rel=1e-5)
 
@@ -126,7 +132,7 @@ def test_class_agnostic_kdpl_distils_over_the_teachers_top_k(student_and_tokeniz
     history = result.history
     assert np.mean([h["symmetric_kl_loss"] for h in history[-4:]]) < np.mean(
         [h["symmetric_kl_loss"] for h in history[:4]])
-    with pytest.raises(ValueError, match="kdpl_top_k=20 exceeds the vocabulary's 12 classes"):
+    with pytest.raises(ValueError, match="kdpl_top_k=20 exceeds the vocabulary's 12 names"):
         recipes.distill(student, images, _teacher(labels, vocabulary), vocabulary[:4],
                         recipes.DistillConfig(recipe="kdpl", kdpl_top_k=20), torch.device("cpu"), vocabulary=vocabulary)
 
@@ -161,31 +167,86 @@ def test_live_teacher_gives_the_cached_teachers_losses(student_and_tokenizer):
 
 # ------------------------------------------------------------------ DHO inference
 
-def test_dho_mixes_the_heads_as_the_formula_says(student_and_tokenizer):
+def test_dho_heads_and_mixture_follow_the_reference_code(student_and_tokenizer):
+    from workbench.recipes.dho import log_mixture
+
     model = recipes.DualHeadStudent(copy.deepcopy(student_and_tokenizer[0]), _vectors(), alpha=0.3, beta=2.0)
+    torch.testing.assert_close(model.ce_head.weight, _vectors())  # zero-shot classifier, zero bias
+    assert model.ce_head.bias.abs().max() == 0 and model.kd_head.bias.abs().max() == 0
     with torch.no_grad():
         model.kd_head.weight.add_(0.1 * torch.randn_like(model.kd_head.weight))
-    features = F.normalize(torch.randn(7, 384), dim=-1)
-    z_ce, z_kd = model.head_logits(features)
-    expected = (0.3 * z_ce.softmax(1) + 0.7 * (z_kd / 2.0).softmax(1)).log()
-    torch.testing.assert_close(model.class_logits(features), expected)
-    torch.testing.assert_close(model.class_logits(features, alpha=1.0), z_ce.log_softmax(1))
-    torch.testing.assert_close(model.class_logits(features, alpha=0.0, beta=0.5), (2 * z_kd).log_softmax(1))
-    with pytest.raises(ValueError, match="DHO heads score 4 classes, asked for 5"):
-        model.class_logits(features, _vectors(classes=5))
+        model.ce_head.bias.add_(0.5)
+    raw = 7.0 * torch.randn(5, 384)  # raw embeddings: not unit norm
+    z_ce, z_kd = model.head_logits(raw)
+    torch.testing.assert_close(z_ce, raw @ model.ce_head.weight.T + model.ce_head.bias)  # raw features
+    torch.testing.assert_close(z_kd, 100 * (F.normalize(raw, dim=-1) @ model.kd_head.weight.T + model.kd_head.bias))
+    images = torch.randn(3, 3, 32, 32)
+    features, log_p = model.image_logits(images)
+    z_ce, z_kd = model.head_logits(model.student.encode_image(images))
+    torch.testing.assert_close(log_p, (0.3 * z_ce.softmax(1) + 0.7 * (z_kd / 2.0).softmax(1)).log())
+    torch.testing.assert_close(features.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(log_mixture(z_ce, z_kd, 1.0, 2.0), z_ce.log_softmax(1))
+    torch.testing.assert_close(log_mixture(z_ce, z_kd, 0.0, 0.5), (2 * z_kd).log_softmax(1))
+    assert recipes.DHO_ALPHAS == tuple(round(a, 2) for a in np.arange(0, 1.05, 0.05))
+    assert recipes.DHO_BETAS == (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0)
 
 
 def test_dho_mixing_is_chosen_on_validation(student_and_tokenizer):
     model = recipes.DualHeadStudent(copy.deepcopy(student_and_tokenizer[0]), _vectors())
     images, labels = _world_like(32, classes=4)
-    features = recipes.encode_images(model, images)
-    with torch.no_grad():  # a CE head that is right on every validation image, a KD head that is not
-        model.ce_head.weight.copy_(torch.stack([F.normalize(features[labels == c].mean(0), dim=0) for c in range(4)]))
+    pixels = normalize_images(images_to_device(images, torch.device("cpu")))  # as the training batches are
+    raw = model.student.encode_image(pixels).detach()
+    with torch.no_grad():  # a CE head that is right on validation images, a KD head that is not
+        means = torch.stack([raw[torch.as_tensor(labels) == c].mean(0) for c in range(4)])
+        model.ce_head.weight.copy_(means - means.mean(0))
         model.kd_head.weight.copy_(_vectors(seed=7))
     choice = recipes.choose_dho_mixing(model, images, labels, torch.arange(4), torch.device("cpu"))
-    ce_only = float((model.class_logits(features, alpha=1.0).argmax(1) == torch.as_tensor(labels)).float().mean())
-    assert choice["val_acc"] >= ce_only
+    _, log_p = model.image_logits(pixels, alpha=0.0, beta=1.0)
+    kd_only = float((log_p.argmax(1) == torch.as_tensor(labels)).float().mean())
+    assert choice["val_acc"] >= kd_only and choice["alpha"] in recipes.DHO_ALPHAS
     assert (model.alpha, model.beta) == (choice["alpha"], choice["beta"])
+
+
+def test_dho_draws_one_labelled_and_one_unlabelled_batch_per_step():
+    from workbench.recipes.dho import paired_plan
+
+    labelled, unlabelled = torch.arange(8), torch.arange(8, 28)
+    batches = paired_plan(labelled, unlabelled)(torch.Generator().manual_seed(0), 4)
+    assert len(batches) == 2  # one pass over the 8 labelled images, the loaders zipped
+    assert all(len(b) == 8 and (b[:4] < 8).all() and (b[4:] >= 8).all() for b in batches)
+    assert sorted(torch.cat([b[:4] for b in batches]).tolist()) == list(range(8))
+    assert len(set(torch.cat([b[4:] for b in batches]).tolist())) == 8  # distinct unlabelled images
+    few = paired_plan(labelled, unlabelled[:3])(torch.Generator().manual_seed(0), 4)
+    assert all(len(b) == 8 for b in few)  # three unlabelled images cycle to fill both batches
+    only = paired_plan(labelled, unlabelled[:0])(torch.Generator().manual_seed(0), 4)
+    assert sorted(torch.cat(only).tolist()) == list(range(8))  # no unlabelled images: the labelled ones once
+
+
+def test_dho_balances_labelled_and_unlabelled_terms_separately(student_and_tokenizer):
+    from workbench.recipes.base import DistillContext
+    from workbench.recipes.dho import DHO
+
+    images, labels = _world_like(12, classes=4)
+    labels = np.where(np.arange(12) < 3, labels, -1)  # 3 labelled, 9 unlabelled
+    vectors = _vectors()
+    teacher = _teacher(np.abs(labels), vectors)
+    config = recipes.DistillConfig(recipe="dho").resolved()
+    context = DistillContext(copy.deepcopy(student_and_tokenizer[0]), teacher, config, torch.device("cpu"), vectors,
+                             vectors, torch.arange(4), True, 12, labels=labels)
+    recipe = DHO(context)
+    pixels = normalize_images(images_to_device(images, torch.device("cpu")))
+    out = recipe.step(teacher.features, pixels, torch.arange(12))
+    z_ce, z_kd = recipe.model.head_logits(recipe.model.encode_image(pixels))
+    t = teacher.logit_scale * teacher.features @ vectors.T
+
+    def kd(rows):  # tau² KL(teacher ‖ student) at tau = 2, averaged over the rows
+        return 4 * F.kl_div((z_kd[rows] / 2).log_softmax(1), (t[rows] / 2).log_softmax(1), reduction="batchmean",
+                            log_target=True)
+
+    lab = torch.arange(12) < 3
+    assert config.temperature == 2.0 and config.dho_label_weight == 0.5
+    torch.testing.assert_close(out.terms["kd_loss"], 0.5 * (kd(lab) + kd(~lab)))
+    torch.testing.assert_close(out.terms["ce_loss"], 0.5 * F.cross_entropy(z_ce[lab], torch.as_tensor(labels[:3])))
 
 
 # ------------------------------------------------------------------ model selection

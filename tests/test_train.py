@@ -66,6 +66,55 @@ def test_fit_minimises_summed_loss_terms_and_logs_every_step(tmp_path):
     assert not layer.training
 
 
+def test_term_gradient_norms_are_each_terms_own_gradient():
+    from workbench.train import term_gradient_norms
+
+    torch.manual_seed(0)
+    layer, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x = torch.randn(5, 3)
+    terms = {"a_loss": layer(x).pow(2).mean(), "b_loss": 3 * layer(x).sum() + other(x).sum(),
+             "c_loss": other(x).sum(), "monitor": layer(x).detach().mean()}
+    norms = term_gradient_norms(terms, list(layer.parameters()))
+    assert set(norms) == {"grad_norm/a", "grad_norm/b", "grad_norm/c"}  # *_loss terms only
+    for name in ("a", "b"):
+        grads = torch.autograd.grad(terms[f"{name}_loss"], list(layer.parameters()), retain_graph=True)
+        expected = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        assert float(norms[f"grad_norm/{name}"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(norms["grad_norm/c"]) == 0.0  # reaches only parameters that are not watched
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.05])
+def test_fit_logs_gradient_diagnostics_without_changing_training(grad_clip):
+    def run(every):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(3, 3)
+        inputs, target = torch.randn(32, 3), torch.randn(32, 3)
+
+        def step_loss(idx):
+            out = layer(inputs[idx])
+            return {"mse_loss": (out - target[idx]).pow(2).mean(), "l1_loss": 0.1 * out.abs().mean()}
+
+        config = OptimConfig(epochs=2, batch_size=8, lr=0.05, grad_clip=grad_clip, grad_diagnostics_every=every)
+        return layer, fit([layer], step_loss, 32, config, torch.device("cpu"))
+
+    plain, quiet = run(0)
+    watched, history = run(3)
+    for a, b in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(a, b)  # the extra backward passes change nothing
+    assert not any(k.startswith("grad_norm/") for r in quiet for k in r)
+    diagnosed = [r["step"] for r in history if "grad_norm/mse" in r]
+    assert diagnosed == [0, 3, 6]
+    first = history[0]
+    assert first["grad_norm/total"] > 0 and first["grad_norm/mse"] > 0 and first["grad_norm/l1"] > 0
+    # The whole gradient is the sum of the terms', so its norm is at most the sum of their norms.
+    assert first["grad_norm/total"] <= first["grad_norm/mse"] + first["grad_norm/l1"] + 1e-6
+    assert ("grad_norm/clipped" in first) == bool(grad_clip)
+    if grad_clip:
+        assert first["grad_norm/clipped"] == pytest.approx(min(first["grad_norm/total"], grad_clip))
+    with pytest.raises(ValueError, match="grad_diagnostics_every must be a non-negative integer"):
+        OptimConfig(grad_diagnostics_every=-1)
+
+
 def test_fit_stops_on_non_finite_loss_naming_the_step():
     p = torch.nn.Parameter(torch.ones(1))
     holder = torch.nn.ParameterList([p])
@@ -108,6 +157,9 @@ def test_every_recipe_lowers_its_loss_with_and_without_ame(tmp_path, student_and
     first, last = np.mean([h[key] for h in history[:4]]), np.mean([h[key] for h in history[-4:]])
     assert last < 0.8 * first
     assert ("manifold_entropy" in history[0]) == (ame_weight > 0)
+    diagnosed = history[0]  # step 0 carries each term's gradient norm on the student's trained parameters
+    assert diagnosed[f"grad_norm/{key[:-5]}"] > 0
+    assert ("grad_norm/ame" in diagnosed) == (ame_weight > 0)
     if ame_weight:
         assert history[0]["ame_loss"] == pytest.approx(ame_weight * history[0]["manifold_entropy"], rel=1e-5)
         distill_terms = sum(v for k, v in history[0].items() if k.endswith("_loss") and k != "ame_loss")
@@ -126,10 +178,16 @@ def test_distill_checks_shapes_and_names(student_and_tokenizer):
                         recipes.DistillConfig(), torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown recipe 'dho2'; valid names: logit_kd, promptkd, kdpl, dho, feature_kd"):
         recipes.DistillConfig(recipe="dho2")
-    with pytest.raises(ValueError, match="ame_weight must be finite and >= 0"):
+    with pytest.raises(ValueError, match="ame_weight must be a finite number >= 0, got -1.0"):
         recipes.DistillConfig(ame_weight=-1.0)
-    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         recipes.DistillConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="kd_weight must be a finite number >= 0, got -2.0"):
+        recipes.DistillConfig(recipe="promptkd", kd_weight=-2.0)
+    with pytest.raises(ValueError, match="kdpl_top_k is a setting of recipe kdpl; recipe 'dho' does not read it"):
+        recipes.DistillConfig(recipe="dho", kdpl_top_k=5)
+    with pytest.raises(ValueError, match="prompt_tokens is a setting of recipe promptkd and kdpl; recipe 'logit_kd'"):
+        recipes.DistillConfig(prompt_tokens=4)
 
 
 def test_kdpl_rescales_teacher_to_the_student_logit_scale():

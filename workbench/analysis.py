@@ -877,24 +877,19 @@ def ame_sample_entropy(checkpoint_path: str | os.PathLike, image_features, class
     student); each image's projected row scores the projected class rows by scaled dot product and
     the entropy of their softmax is returned (nats, shape (N,)), as in AME's per-sample variant.
     """
-    from .losses import AMELoss, entropy
+    from .losses import AMELoss
 
     path = Path(checkpoint_path)
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     ame_state = next((m for m in state["modules"] if "text_projection.0.weight" in m and "steps_done" in m), None)
-    if ame_state is None or "image_projection.weight" not in ame_state:
+    if ame_state is None:
         return None
-    hidden, text_dim = ame_state["text_projection.0.weight"].shape
-    manifold_dim, image_dim = ame_state["image_projection.weight"].shape
-    ame = AMELoss(image_dim=int(image_dim), text_dim=int(text_dim), manifold_dim=int(manifold_dim),
-                  hidden_dim=int(hidden))
-    ame.load_state_dict(ame_state)
+    ame = AMELoss.from_state_dict(ame_state)
     with torch.no_grad():
-        image_rows = ame.image_projection(_features(image_features, "image_features").float())
-        text_rows = ame.text_projection(_features(class_vectors, "class_vectors").float())
-        return entropy(image_rows @ text_rows.T / math.sqrt(manifold_dim), dim=1).numpy().astype(np.float64)
+        return ame.sample_entropy(_features(image_features, "image_features").float(),
+                                  _features(class_vectors, "class_vectors").float()).numpy().astype(np.float64)
 
 
 def analyze_run(run_dir: str | os.PathLike, write: bool = True) -> tuple[dict[str, np.ndarray], dict]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .protocol import evaluate_base_new
-import numpy as np
-
 from .train import encode_images, encode_source
 
 
@@ -20,14 +19,36 @@ def evaluate_model(model, images, labels, class_vectors: torch.Tensor, base_clas
     return evaluate_base_new(features, labels, class_vectors, base_classes, new_classes)
 
 
-def _logits(model, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+def _scores_itself(model, class_vectors: torch.Tensor) -> bool:
     # A model that scores its own classes (DHO's mixed heads) does so for those classes; any other
     # class set (a transfer target) is scored zero-shot: logit scale times cosine.
-    heads = getattr(model, "ce_head", None)
-    if hasattr(model, "class_logits") and (heads is None or heads.weight.shape[0] == class_vectors.shape[0]):
-        weight = next(model.parameters())
-        return model.class_logits(features.to(weight.device), class_vectors.to(weight.device)).float().cpu()
+    return hasattr(model, "image_logits") and model.num_classes == class_vectors.shape[0]
+
+
+def _zero_shot_logits(model, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
     return model.logit_scale.detach().float().exp().cpu() * features @ class_vectors.float().cpu().T
+
+
+def _own_predictions(model, images, device, batch_size: int = 512):
+    # One pass: the heads read the raw embedding, which the unit-norm features no longer carry.
+    from .image_sources import as_source, in_order
+    from .train import autocast
+
+    device = device or next(model.parameters()).device
+    source = as_source(images)
+    was_training = model.training
+    model.eval()
+    features, logits, kept = [], [], []
+    for positions, pixels in source.batches(in_order(len(source), batch_size), device):
+        with autocast(device):
+            unit, log_p = model.image_logits(pixels)
+        features.append(unit.float().cpu())
+        logits.append(log_p.float().cpu())
+        kept.append(positions.cpu().numpy())
+    model.train(was_training)
+    if not features:
+        raise ValueError("no images to encode")
+    return torch.cat(features), torch.cat(logits), np.concatenate(kept)
 
 
 @torch.no_grad()
@@ -36,19 +57,27 @@ def predict(model, images, class_vectors: torch.Tensor, device: torch.device | N
     """Unit-norm image features ``(N, D)`` and logits over ``class_vectors`` ``(N, C)``, float32 on the CPU.
 
     ``images``: a uint8 array or an image source. Logits are the model's own logit scale times
-    cosine, unless the model scores classes itself (``class_logits(features, class_vectors)``, e.g.
-    DHO's mixed heads).
+    cosine, unless the model scores its classes itself (``image_logits``: DHO's mixed heads, whose
+    logits are ``log p`` of the mixture).
     """
-    features = encode_images(model, images, device=device)
-    return features, _logits(model, features, class_vectors)
+    from .image_sources import as_source
+
+    source = as_source(images)
+    features, logits, kept = predict_source(model, source, class_vectors, device=device)
+    if len(kept) != len(source):
+        raise ValueError(f"{len(source) - len(kept)} unreadable images were skipped; use predict_source to get "
+                         "the positions of the rows")
+    return features, logits
 
 
 @torch.no_grad()
 def predict_source(model, images, class_vectors: torch.Tensor, device: torch.device | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """:func:`predict` plus the positions of the images kept (a manifest source may skip unreadable files)."""
+    if _scores_itself(model, class_vectors):
+        return _own_predictions(model, images, device)
     features, kept = encode_source(model, images, device=device)
-    return features, _logits(model, features, class_vectors), kept
+    return features, _zero_shot_logits(model, features, class_vectors), kept
 
 
 def class_logits(model, images, class_vectors: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:

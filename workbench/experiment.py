@@ -79,6 +79,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)  # recipe, AME and optimisation settings
 
     def __post_init__(self):
+        self.distill = self.distill.resolved(self.dataset)  # the recipe's official defaults, for this dataset
         if self.setting not in SETTINGS:
             raise ValueError(f"unknown setting {self.setting!r}; valid names: {', '.join(SETTINGS)}")
         if self.protocol not in PROTOCOLS:
@@ -223,13 +224,15 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
         result = recipes.distill(student, task.train_images, targets, task.teacher_vectors, settings, device,
                                  log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
                                  progress=progress, train_classes=task.train_classes, labels=task.train_labels,
-                                 validation=task.validation, base_test=task.base_test, vocabulary=task.teacher_vectors,
-                                 student_class_vectors=task.student_vectors, student_vocabulary=task.student_vectors)
+                                 validation=task.validation, base_test=task.base_test,
+                                 vocabulary=task.vocabulary[0] if task.vocabulary else None,
+                                 student_vocabulary=task.vocabulary[1] if task.vocabulary else None,
+                                 student_class_vectors=task.student_vectors)
         history = result.history
         if rank != 0:  # training was shared; evaluation and every file are rank 0's
             return {}
         models.save_weights(student, run_dir / "student.safetensors", metadata={"recipe": settings.recipe})
-        added = recipe_modules(result.model)
+        added = recipe_modules(result)
         if added:
             models.save_tensors(added, run_dir / "recipe_modules.safetensors", metadata={"recipe": settings.recipe})
 
@@ -300,19 +303,10 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
     return stats
 
 
-def recipe_modules(model) -> dict:
+def recipe_modules(result) -> dict:
     """Tensors a recipe added around the student (prompts, projector, heads), by name; empty for none."""
-    from .prompts import PromptedStudent
-    from .recipes import DualHeadStudent
-
-    if isinstance(model, PromptedStudent):
-        parts = {"prompts": model.prompts, "projector": model.projector}
-    elif isinstance(model, DualHeadStudent):
-        parts = {"ce_head": model.ce_head, "kd_head": model.kd_head}
-    else:
-        return {}
     return {f"{name}.{key}": value.detach().cpu().contiguous()
-            for name, module in parts.items() for key, value in module.state_dict().items()}
+            for name, module in result.added_modules.items() for key, value in module.state_dict().items()}
 
 
 def _rank_zero_first(build):

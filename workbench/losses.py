@@ -187,8 +187,33 @@ class AMELoss(nn.Module):
         if self.variant == "paper":
             h = manifold_entropy(image_rows, text_rows)
         else:
-            h = entropy(image_rows @ text_rows.T / math.sqrt(self.manifold_dim), dim=1).mean()
+            h = self._row_entropy(image_rows, text_rows).mean()
         return {"ame_loss": self.current_weight() * h, "manifold_entropy": h.detach()}
+
+    def _row_entropy(self, image_rows: Tensor, text_rows: Tensor) -> Tensor:
+        return entropy(image_rows @ text_rows.T / math.sqrt(self.manifold_dim), dim=1)
+
+    def sample_entropy(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        """Each image's entropy (nats, shape (B,)) over the class rows on the shared manifold.
+
+        Each projected image scores the projected class rows by scaled dot product, as in the
+        ``per_sample`` variant; what a trained AME says about one image, whichever variant trained it.
+        """
+        return self._row_entropy(self.image_projection(image_features), self.text_projection(text_features))
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "AMELoss":
+        """The AME module whose parameters ``state`` holds (widths and image projection read from it)."""
+        hidden, text_dim = state["text_projection.0.weight"].shape
+        manifold_dim = state["text_projection.2.weight"].shape[0]
+        if "image_projection.weight" in state:
+            projection, image_dim = "linear", state["image_projection.weight"].shape[1]
+        else:  # the convolution keeps no trace of its input width; recipes project images and text of one width
+            projection, image_dim = "conv1d", text_dim
+        ame = cls(image_dim=int(image_dim), text_dim=int(text_dim), manifold_dim=int(manifold_dim),
+                  hidden_dim=int(hidden), image_projection=projection)
+        ame.load_state_dict(state)
+        return ame
 
     def current_weight(self) -> float:
         """The weight in force now, advancing the warm-up by one step per training-mode call."""
@@ -227,8 +252,9 @@ class FeatureKDLoss(nn.Module):
     """Feature distillation (CLIP-KD style) between student and teacher embeddings.
 
     Both embeddings are L2-normalised first, so only directions are matched. ``"cosine"``:
-    ``mean(1 - cos)``; ``"mse"``: squared distance summed over features, averaged over the batch
-    (for unit vectors this equals ``2 * (1 - cos)``, but its gradient differs off the sphere).
+    ``mean(1 - cos)`` over the batch; ``"mse"``: the squared difference averaged over every element
+    (batch and features), as ``F.mse_loss`` and CLIP-KD's FD compute it — for unit vectors of width D
+    this is ``2 (1 - cos) / D`` per sample, which is why CLIP-KD weights it by 2000.
     The student must already be projected to the teacher's width (a recipe owns that projector).
 
     Parameters
@@ -259,5 +285,5 @@ class FeatureKDLoss(nn.Module):
         if self.distance == "cosine":
             loss = (1 - (s * t).sum(dim=1)).mean()
         else:
-            loss = (s - t).pow(2).sum(dim=1).mean()
+            loss = F.mse_loss(s, t)
         return {"feature_kd_loss": self.weight * loss}

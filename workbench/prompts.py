@@ -35,16 +35,19 @@ class VisualPrompts(nn.Module):
     depth : int, default 1
         Number of layers, counted from the first, that receive fresh prompt tokens; 1 is shallow
         VPT, the tower's layer count is fully deep.
+    init_std : float, optional
+        Prompts start as N(0, init_std²); default ``width ** -0.5``, the scale of the tower's own token
+        embeddings at initialisation. PromptKD and KDPL use 0.02.
     """
 
-    def __init__(self, width: int, num_tokens: int = 4, depth: int = 1):
+    def __init__(self, width: int, num_tokens: int = 4, depth: int = 1, init_std: float | None = None):
         super().__init__()
         for name, value in (("width", width), ("num_tokens", num_tokens), ("depth", depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.num_tokens, self.depth = num_tokens, depth
-        # Same scale as the tower's own token embeddings at initialisation (open_clip uses width^-0.5).
-        self.tokens = nn.Parameter(torch.randn(depth, num_tokens, width) * width ** -0.5)
+        std = width ** -0.5 if init_std is None else float(init_std)
+        self.tokens = nn.Parameter(torch.randn(depth, num_tokens, width) * std)
 
     def encode(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``visual(images)`` with the prompts inserted: pooled, projected image features."""
@@ -80,6 +83,32 @@ class VisualPrompts(nn.Module):
         return pooled
 
 
+def mlp_projector(in_width: int, out_width: int) -> nn.Module:
+    """PromptKD's projector: Linear, BatchNorm, ReLU, Linear (two 1×1 convolutions in the reference code)."""
+    return nn.Sequential(nn.Linear(in_width, out_width), nn.BatchNorm1d(out_width), nn.ReLU(inplace=True),
+                         nn.Linear(out_width, out_width))
+
+
+def linear_projector(in_width: int, out_width: int) -> nn.Module:
+    """One Linear; identity-initialised when the widths agree, so training starts from the zero-shot student."""
+    projector = nn.Linear(in_width, out_width)
+    if in_width == out_width:
+        with torch.no_grad():
+            projector.weight.copy_(torch.eye(out_width))
+            projector.bias.zero_()
+    return projector
+
+
+def no_projector(in_width: int, out_width: int) -> nn.Module:
+    """None: the prompted tower stays in its own embedding space (KDPL's VPT variant)."""
+    if in_width != out_width:
+        raise ValueError(f"projector 'none' keeps the width {in_width}; the target width is {out_width}")
+    return nn.Identity()
+
+
+PROJECTORS = {"mlp": mlp_projector, "linear": linear_projector, "none": no_projector}
+
+
 class PromptedStudent(nn.Module):
     """A student CLIP's image tower with deep visual prompts and a projector to the teacher's width.
 
@@ -94,26 +123,25 @@ class PromptedStudent(nn.Module):
     teacher_width : int
         Width of the teacher's embeddings (the class vectors the student is scored against).
     logit_scale : float
-        Multiplier of cosine similarities (PromptKD uses the teacher's).
-    num_tokens, depth : int
+        Multiplier of cosine similarities (PromptKD: the student's own frozen CLIP scale).
+    num_tokens, depth, init_std
         See :class:`VisualPrompts`.
+    projector : {"mlp", "linear", "none"}, default "mlp"
+        :func:`mlp_projector` (PromptKD's, random initialisation), :func:`linear_projector`, or none
+        (``teacher_width`` must then be the student's own width).
     """
 
     def __init__(self, student: nn.Module, teacher_width: int, logit_scale: float, num_tokens: int = 4,
-                 depth: int = 1):
+                 depth: int = 1, init_std: float | None = None, projector: str = "mlp"):
         super().__init__()
         _check_vit(student.visual)
+        if projector not in PROJECTORS:
+            raise ValueError(f"unknown projector {projector!r}; valid names: {', '.join(PROJECTORS)}")
         self.visual = student.visual
         for p in self.visual.parameters():
             p.requires_grad_(False)
-        self.prompts = VisualPrompts(self.visual.transformer.width, num_tokens, depth)
-        student_width = int(student.visual.output_dim)
-        self.projector = nn.Linear(student_width, teacher_width)
-        if student_width == teacher_width:
-            # Start from the student's own (zero-shot) embedding rather than a random rotation of it.
-            with torch.no_grad():
-                self.projector.weight.copy_(torch.eye(teacher_width))
-                self.projector.bias.zero_()
+        self.prompts = VisualPrompts(self.visual.transformer.width, num_tokens, depth, init_std)
+        self.projector = PROJECTORS[projector](int(student.visual.output_dim), teacher_width)
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)).log())
 
     def trainable(self) -> list[nn.Module]:

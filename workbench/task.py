@@ -88,6 +88,44 @@ class Task:
     evaluations: list[EvalSet]  # the dataset's own test split first, then transfer targets
     description: dict = field(default_factory=dict)  # what dataset.json records
     teacher_fingerprint: str | None = None  # cache.model_fingerprint(teacher), computed once (None: when needed)
+    vocabulary: tuple | None = None  # class-agnostic KDPL: (teacher (V, Dt), student (V, Ds) or None) vectors
+
+
+VOCABULARY_DIR = Path(__file__).resolve().parents[1] / "data_manifests" / "vocabularies"
+
+
+def read_vocabulary(ref: str, class_names) -> list[str]:
+    """The generic class names of a vocabulary file (``ref``: a path, or a name in ``data_manifests/vocabularies``).
+
+    One name per line, ``#`` starts a comment line, duplicates are dropped. A vocabulary that contains
+    any of the task's ``class_names`` (compared case- and underscore-insensitively) is refused: class-
+    agnostic KDPL must not be given the task's own names.
+    """
+    if not ref:
+        raise ValueError("class-agnostic KDPL (kdpl_top_k > 0) needs kdpl_vocabulary: a file of generic class names "
+                         "(KDPL's reference uses a 20,930-name dictionary), one per line")
+    path = Path(ref)
+    if not path.is_file() and (VOCABULARY_DIR / f"{ref}.txt").is_file():
+        path = VOCABULARY_DIR / f"{ref}.txt"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in VOCABULARY_DIR.glob("*.txt")))
+        raise FileNotFoundError(f"kdpl_vocabulary {ref!r} is neither a file nor a vocabulary of "
+                                f"data_manifests/vocabularies ({known})")
+    names = list(dict.fromkeys(line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                               if line.strip() and not line.lstrip().startswith("#")))
+    if not names:
+        raise ValueError(f"kdpl_vocabulary {path} holds no class names")
+
+    def key(name):
+        return " ".join(name.replace("_", " ").lower().split())
+
+    task = {key(name) for name in class_names}
+    leaked = [name for name in names if key(name) in task]
+    if leaked:
+        raise ValueError(f"kdpl_vocabulary {path} contains {len(leaked)} of the task's class names "
+                         f"({', '.join(leaked[:10])}{' …' if len(leaked) > 10 else ''}); class-agnostic KDPL must "
+                         "not be given the task's names — remove them from the vocabulary")
+    return names
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -165,6 +203,12 @@ def _training_split(labels: np.ndarray, train_classes, config, class_names=None
     return np.arange(len(labels)), train_labels, validation
 
 
+def _distilled_classes(train_classes, num_classes: int, config) -> np.ndarray:
+    """Classes the KD logits range over: the training classes inductively; every class transductively,
+    as PromptKD distils over all classes' teacher text features (its names are known, its images unlabelled)."""
+    return np.asarray(train_classes) if config.setting == "inductive" else np.arange(num_classes)
+
+
 # ----------------------------------------------------------------------------- the embedded world
 @functools.lru_cache(maxsize=4)
 def _embedded_setup(preset_name: str, cache_dir: str, device: str) -> dict:
@@ -195,18 +239,25 @@ def _embedded_task(config, device: torch.device) -> Task:
     base, new = protocol.base_new_split(len(spec.class_names))
     train, test = splits["train"], splits["test"]
     positions, train_labels, validation = _training_split(train.labels, base, config, spec.class_names)
+    vocabulary = None
+    if config.distill.recipe == "kdpl" and config.distill.kdpl_top_k:
+        from .models import build_class_vectors
+        names = read_vocabulary(config.distill.kdpl_vocabulary, spec.class_names)
+        vocabulary = (build_class_vectors(setup["teacher"], setup["tokenizer"], names, spec.prompt_templates,
+                                          device=device).cpu(), None)
     train_images = ArrayImages(train.images[positions])
     test_images = ArrayImages(test.images)
     base_mask = np.isin(test.labels, base)
     evaluation = EvalSet(EMBEDDED_WORLD, test_images, test_images, np.asarray(test.labels), list(spec.class_names),
                          vectors, None, base, new, np.asarray(test.ambiguity), test.images, np.asarray(test.partner))
     return Task(EMBEDDED_WORLD, config.protocol, setup["teacher"], copy.deepcopy(setup["student"]),
-                list(spec.class_names), vectors, None, train_images, train_images, train_labels, base,
+                list(spec.class_names), vectors, None, train_images, train_images, train_labels,
+                _distilled_classes(base, len(spec.class_names), config),
                 (ArrayImages(train.images[validation]), train.labels[validation]),
                 (ArrayImages(test.images[base_mask]), test.labels[base_mask]), [evaluation],
                 {"kind": EMBEDDED_WORLD, "name": EMBEDDED_WORLD, "preset": config.preset,
                  "world_seed": setup["preset"].world_seed, "cache_dir": str(Path(config.cache_dir).resolve()),
-                 "class_names": list(spec.class_names)})
+                 "class_names": list(spec.class_names)}, vocabulary=vocabulary)
 
 
 # ----------------------------------------------------------------------------- manifests and open_clip pairs
@@ -310,6 +361,10 @@ def _manifest_task(config, device: torch.device) -> Task:
     teacher_train = None if config.augment else teacher_view(manifest, "train", positions)
     teacher_vectors = vectors("teacher", manifest.classnames, manifest.templates)
     student_vectors = vectors("student", manifest.classnames, manifest.templates)
+    vocabulary = None
+    if config.distill.recipe == "kdpl" and config.distill.kdpl_top_k:
+        names = read_vocabulary(config.distill.kdpl_vocabulary, manifest.classnames)
+        vocabulary = (vectors("teacher", names, manifest.templates), vectors("student", names, manifest.templates))
 
     test_labels = manifest.split("test").labels
     evaluations = [EvalSet(manifest.name, student_view(manifest, "test"), teacher_view(manifest, "test"), test_labels,
@@ -330,10 +385,11 @@ def _manifest_task(config, device: torch.device) -> Task:
                    "test_paths": list(manifest.split("test").paths), "pair": pair["refs"],
                    "targets": [t.name for t in targets], "augment": bool(config.augment)}
     return Task(manifest.name, config.protocol, teacher, student, list(manifest.classnames), teacher_vectors,
-                student_vectors, train_images, teacher_train, np.asarray(train_labels), np.asarray(train_classes),
+                student_vectors, train_images, teacher_train, np.asarray(train_labels),
+                _distilled_classes(train_classes, manifest.num_classes, config),
                 (student_view(manifest, "train", validation), labels[validation]) if len(validation) else None,
                 base_test, evaluations,
-                description, fingerprints["teacher"])
+                description, fingerprints["teacher"], vocabulary)
 
 
 def prepare_task(config, device: torch.device) -> Task:

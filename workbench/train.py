@@ -41,6 +41,7 @@ class OptimConfig:
     seed: int = 0  # seeds the batch order
     optimizer: str = "adamw"  # "adamw" or "sgd" (with momentum, as PromptKD trains its prompts)
     momentum: float = 0.9  # SGD momentum; unused by AdamW
+    grad_diagnostics_every: int = 25  # log each loss term's gradient norm every N steps; 0 = never
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -51,6 +52,9 @@ class OptimConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        every = self.grad_diagnostics_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"grad_diagnostics_every must be a non-negative integer (0 = off), got {every!r}")
         for name in ("lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
@@ -225,6 +229,35 @@ def _param_groups(parameters: Iterable[nn.Parameter], weight_decay: float) -> li
     ]
 
 
+GRAD_NORM_PREFIX = "grad_norm/"  # log keys of the per-term gradient diagnostics
+
+
+def term_gradient_norms(terms: dict[str, torch.Tensor], params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The L2 norm of the gradient each ``*_loss`` term alone sends to ``params``, keyed ``grad_norm/<term>``.
+
+    A term that does not reach ``params`` (AME's loss before any image feature depends on them, a
+    zero-weight term) gets 0. One extra backward pass per term: :func:`fit` calls this every
+    ``grad_diagnostics_every`` steps only.
+    """
+    norms = {}
+    for name, value in terms.items():
+        if not name.endswith("_loss"):
+            continue
+        key = GRAD_NORM_PREFIX + name[:-len("_loss")]
+        if not value.requires_grad:
+            norms[key] = torch.zeros((), device=value.device)
+            continue
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        squares = [g.float().pow(2).sum() for g in grads if g is not None]
+        norms[key] = torch.stack(squares).sum().sqrt() if squares else torch.zeros((), device=value.device)
+    return norms
+
+
+def _total_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    squares = [p.grad.float().pow(2).sum() for p in params if p.grad is not None]
+    return torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+
+
 def make_optimizer(params: list[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
     groups = _param_groups(params, config.weight_decay)
     if config.optimizer == "sgd":
@@ -288,7 +321,9 @@ class ModelSelector:
 def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         num_samples: int, config: OptimConfig, device: torch.device, log_path: str | Path | None = None,
         progress: bool = False, checkpoint_path: str | Path | None = None,
-        selector: ModelSelector | None = None, images=None, loggers: list[str] | None = None) -> list[dict]:
+        selector: ModelSelector | None = None, images=None, loggers: list[str] | None = None,
+        watched: Iterable[nn.Module] | None = None,
+        batch_plan: Callable[[torch.Generator, int], list[torch.Tensor]] | None = None) -> list[dict]:
     """Train ``modules`` by minimising the summed ``*_loss`` terms of ``step_loss``.
 
     Parameters
@@ -325,6 +360,12 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         Views to open next to ``log_path`` for this call only, e.g. ``["jsonl", "tensorboard"]``
         (:data:`workbench.loggers.LOGGERS`); default: the enclosing run's views, else the JSONL alone.
         The model-selection score of each epoch goes to the views as ``eval/<policy>_score``.
+    watched : iterable of nn.Module, optional
+        Whose trainable parameters the gradient diagnostics measure (default: all of ``modules``).
+        Every ``config.grad_diagnostics_every`` steps the record carries ``grad_norm/<term>``, the norm
+        of the gradient each ``*_loss`` term alone sends to them (:func:`term_gradient_norms`),
+        ``grad_norm/total`` (all terms, all trained parameters, before clipping) and, with clipping
+        on, ``grad_norm/clipped`` (after it; each term's share is scaled by the same factor).
 
     Data parallel
     -------------
@@ -351,8 +392,11 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
     selector = selector or ModelSelector("last")
     params = [p for m in modules for p in m.parameters()]
     trainable = [p for p in params if p.requires_grad]
+    watched_params = trainable if watched is None else [p for m in watched for p in m.parameters() if p.requires_grad]
+    diagnostics_every = config.grad_diagnostics_every
     optimizer = make_optimizer(params, config)
-    steps_per_epoch = math.ceil(num_samples / config.batch_size)
+    plan = batch_plan or _permutation_plan(num_samples)
+    steps_per_epoch = len(plan(torch.Generator().manual_seed(config.seed), config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_schedule(total_steps, int(config.warmup_fraction * total_steps)))
@@ -381,15 +425,16 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         module.train()
     try:
         for epoch in range(first_epoch, config.epochs):
-            permutation = torch.randperm(num_samples, generator=order).to(device)
-            batches = [permutation[start:start + config.batch_size][rank::world_size]
-                       for start in range(0, num_samples, config.batch_size)]
+            batches = [batch.to(device)[rank::world_size] for batch in plan(order, config.batch_size)]
             stream = ((indices, None) for indices in batches) if images is None else \
                 images.batches(batches, device, epoch)
             for indices, pixels in stream:
                 with autocast(device):
                     terms = step_loss(indices) if images is None else step_loss(indices, pixels)
                 loss = sum(v for k, v in terms.items() if k.endswith("_loss"))
+                diagnose = bool(diagnostics_every) and step % diagnostics_every == 0 and watched_params
+                if diagnose:  # before backward, while the graph still holds every term separately
+                    terms = {**terms, **term_gradient_norms(terms, watched_params)}
                 # One device-to-host copy per step carries the loss, every term and the finite check;
                 # converting each term separately would wait on the GPU once per term.
                 logged = torch.stack([loss.detach().float()] + [v.detach().float() for v in terms.values()])
@@ -407,11 +452,17 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
                 if world_size > 1:
                     _average_gradients(trainable, world_size)
                 if config.grad_clip:
-                    nn.utils.clip_grad_norm_(params, config.grad_clip)
+                    total = nn.utils.clip_grad_norm_(params, config.grad_clip)
+                elif diagnose:
+                    total = _total_norm(trainable)
                 optimizer.step()
                 scheduler.step()
                 record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
                           "loss": values[1], **dict(zip(terms, values[2:]))}
+                if diagnose:
+                    record[GRAD_NORM_PREFIX + "total"] = float(total)
+                    if config.grad_clip:
+                        record[GRAD_NORM_PREFIX + "clipped"] = min(float(total), config.grad_clip)
                 history.append(record)
                 sinks.write(record)
                 if bar is not None:
@@ -432,6 +483,13 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         if bar is not None:
             bar.close()
     return history
+
+
+def _permutation_plan(num_samples: int) -> Callable[[torch.Generator, int], list[torch.Tensor]]:
+    def plan(generator: torch.Generator, batch_size: int) -> list[torch.Tensor]:
+        permutation = torch.randperm(num_samples, generator=generator)
+        return [permutation[start:start + batch_size] for start in range(0, num_samples, batch_size)]
+    return plan
 
 
 def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:

@@ -1,0 +1,72 @@
+"""docs/recipes.md is the fidelity table of every recipe: its pinned rows must be what the workbench does."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench import recipes
+from workbench.experiment import load_experiment_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "docs" / "recipes.md"
+
+
+def _pinned_rows() -> dict[str, dict[str, str]]:
+    """``{section: {setting: workbench cell}}`` for the rows whose setting is written as `code`."""
+    sections, current = {}, None
+    for line in TABLE.read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"## (\w+) — ", line)
+        if heading:
+            current = sections.setdefault(heading.group(1), {})
+            continue
+        row = re.match(r"\| `([\w.]+)` \|(.*)\|\s*$", line)
+        if row and current is not None:
+            cells = [c.strip() for c in row.group(2).split("|")]
+            current[row.group(1)] = cells[2]  # reference | source | workbench | note
+    return sections
+
+
+ROWS = _pinned_rows()
+
+
+def test_the_table_has_a_section_for_every_recipe_and_ame():
+    assert set(ROWS) == set(recipes.RECIPES) | {"AME"}
+
+
+@pytest.mark.parametrize("recipe", recipes.RECIPES)
+def test_every_recipe_default_is_in_the_table(recipe):
+    missing = set(recipes.REGISTRY[recipe].defaults) - set(ROWS[recipe])
+    assert not missing, f"docs/recipes.md lacks rows for {recipe}'s defaults {sorted(missing)}"
+
+
+@pytest.mark.parametrize("recipe, name", [(r, n) for r in recipes.RECIPES for n in ROWS[r]])
+def test_pinned_row_equals_the_workbench_default(recipe, name):
+    config = load_experiment_config(ROOT / "configs" / f"{recipe}.yaml")
+    assert config.distill.recipe == recipe
+    expected = yaml.safe_load(ROWS[recipe][name])
+    if name == "setting":
+        actual = config.setting
+    elif name.startswith("optim."):
+        actual = getattr(config.distill.optim, name.split(".", 1)[1])
+    elif name in recipes.RECIPE_FIELDS:
+        actual = recipes.REGISTRY[recipe].defaults[name]
+        # The config file leaves the recipe's settings to the recipe (so the table is the one place of record).
+        assert getattr(config.distill, name) == actual or recipe == "kdpl" and name == "kdpl_vocabulary"
+    else:
+        actual = getattr(config.distill, name)
+    assert actual == expected, f"{recipe}.{name}: docs/recipes.md says {expected!r}, the workbench has {actual!r}"
+
+
+@pytest.mark.parametrize("name", list(ROWS["AME"]))
+def test_ame_rows_equal_the_distill_config_defaults(name):
+    assert getattr(recipes.DistillConfig(), name) == yaml.safe_load(ROWS["AME"][name])
+
+
+def test_dataset_specific_official_values():
+    promptkd = recipes.DistillConfig(recipe="promptkd")
+    assert {d: promptkd.resolved(d).kd_weight for d in ("dtd", "flowers102", "fgvc_aircraft", "caltech101")} == {
+        "dtd": 200.0, "flowers102": 200.0, "fgvc_aircraft": 200.0, "caltech101": 1000.0}
+    assert recipes.DistillConfig(recipe="promptkd", kd_weight=5.0).resolved("dtd").kd_weight == 5.0  # set wins
+    assert recipes.DistillConfig(recipe="kdpl").resolved("embedded_world").kdpl_vocabulary == "embedded_generic"
