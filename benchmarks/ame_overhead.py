@@ -48,7 +48,8 @@ def run(args) -> dict:
 
     def config(ame_weight: float, epochs: int) -> recipes.DistillConfig:
         return recipes.DistillConfig(recipe=args.recipe, ame_weight=ame_weight,
-                                     optim=OptimConfig(epochs=epochs, batch_size=args.batch))
+                                     optim=OptimConfig(epochs=epochs, batch_size=args.batch,
+                                                       grad_diagnostics_every=0))  # timed: no diagnostics
 
     # Warm-up (allocator, kernels, lazy imports), then the two settings alternately.
     harness.distill_step_seconds(student, images[:3 * args.batch], harness.first_targets(targets, 3 * args.batch), vectors,

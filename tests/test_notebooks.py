@@ -319,7 +319,10 @@ def test_tutorial_demonstrates_what_it_claims(tutorial_run):
     assert demos["KD"]["manifold_entropy"] > 0.99 * log_rows
     # Frozen projections: AME alone collapses the features onto (nearly) one axis.
     assert demos["AME only, frozen"]["effective_rank"] < min(3.0, demos["KD"]["effective_rank"] / 4)
-    for file in ("optimisation_demo.html", "collapse_demo.html"):
+    # Step 7: a real distillation logs each term's gradient norm on the student next to H(M).
+    real = read_json(tutorial_run / "metrics.json")["real_run"]
+    assert real["grad_norm/kd"] > 0 and real["grad_norm/ame"] > 0 and real["manifold_entropy"] > 0
+    for file in ("optimisation_demo.html", "collapse_demo.html", "real_run_curves.html"):
         assert is_self_contained_html(tutorial_run / file), file
 
 

@@ -364,6 +364,17 @@ def test_training_curves_from_records_and_a_jsonl_log(tmp_path):
         viz.training_curves(kd, keys=["manifold_entropy"])
 
 
+def test_training_curves_put_each_terms_gradient_norm_next_to_h():
+    # fit logs the diagnostics every few steps only; the curve joins the steps that have them
+    records = [{"step": s, "loss": 1.0, "kd_loss": 1.0, "ame_loss": 150.0, "manifold_entropy": 3.0,
+                **({"grad_norm/kd": 0.5, "grad_norm/ame": 1e-4} if s % 3 == 0 else {})} for s in range(7)]
+    fig = viz.training_curves(records)
+    assert [a.text for a in fig.layout.annotations] == ["H(M) (nats)", "gradient norm of each term", "loss"]
+    ame = next(t for t in fig.data if t.name == "grad_norm/ame")
+    assert list(ame.x) == [0, 3, 6] and list(ame.y) == [1e-4] * 3
+    assert fig.layout.yaxis2.type == "log"  # terms 5000 times apart share the panel on a log axis
+
+
 # ----------------------------------------------------------------------------- files
 def _has_kaleido():
     try:

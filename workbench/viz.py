@@ -898,6 +898,9 @@ def _curve_panels(records: list[dict], keys) -> dict[str, list[str]]:
     panels = {}
     if "manifold_entropy" in present:
         panels["H(M) (nats)"] = ["manifold_entropy"]
+    gradients = [k for k in sorted(present) if k.startswith("grad_norm/")]
+    if gradients:  # next to H(M): whether AME pushes the student at all, against the other terms
+        panels["gradient norm of each term"] = gradients
     losses = [k for k in sorted(present) if k == "loss" or k.endswith("_loss")]
     if losses:
         panels["loss"] = sorted(losses, key=lambda k: k != "loss")
@@ -916,9 +919,10 @@ def training_curves(records, keys: Sequence[str] | None = None, title: str = "Tr
         Records with a ``step`` field, as :func:`workbench.train.fit` writes them (a path is read
         with :func:`read_records`).
     keys : sequence of str, optional
-        Fields to plot, one panel each. Default: ``manifold_entropy`` (H(M)); ``loss`` with every
-        ``*_loss`` term; every field with ``acc`` in its name (and ``hm``): each panel only when
-        some record has it. Records without a field are skipped in its curve.
+        Fields to plot, one panel each. Default: ``manifold_entropy`` (H(M)); the gradient norm each
+        loss term sends to the student (``grad_norm/*``, logged every few steps by :func:`workbench.train.fit`);
+        ``loss`` with every ``*_loss`` term; every field with ``acc`` in its name (and ``hm``): each panel
+        only when some record has it. Records without a field are skipped in its curve.
 
     Returns
     -------
