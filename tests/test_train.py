@@ -382,3 +382,11 @@ def test_load_or_distill_repeats_nothing_and_gives_the_same_student(tmp_path, st
     with pytest.raises(ValueError, match="live teacher"):
         zoo.load_or_distill(copy.deepcopy(student), split.images, recipes.TeacherTargets(None, 20.0), vectors,
                             settings, torch.device("cpu"), tmp_path / "cache", {}, tmp_path / "log3.jsonl")
+
+
+def test_cache_keys_ignore_settings_that_only_observe_training():
+    config = zoo.PretrainConfig(model="embedded-vit-student", num_images=100)
+    quiet = dataclasses.replace(config, optim=dataclasses.replace(config.optim, grad_diagnostics_every=0))
+    faster = dataclasses.replace(config, optim=dataclasses.replace(config.optim, lr=0.5))
+    assert zoo.cache_key(quiet, "world") == zoo.cache_key(config, "world")  # the same weights: reuse them
+    assert zoo.cache_key(faster, "world") != zoo.cache_key(config, "world")

@@ -230,6 +230,14 @@ def _param_groups(parameters: Iterable[nn.Parameter], weight_decay: float) -> li
 
 
 GRAD_NORM_PREFIX = "grad_norm/"  # log keys of the per-term gradient diagnostics
+OBSERVING_SETTINGS = ("grad_diagnostics_every",)  # change what is logged, never the trained weights
+
+
+def result_settings(settings: dict) -> dict:
+    """``settings`` (a config as a nested dict) without the fields that only observe training: cache keys of
+    trained models use this, so switching the diagnostics on or off reuses what was trained."""
+    return {k: result_settings(v) if isinstance(v, dict) else v for k, v in settings.items()
+            if k not in OBSERVING_SETTINGS}
 
 
 def term_gradient_norms(terms: dict[str, torch.Tensor], params: list[nn.Parameter]) -> dict[str, torch.Tensor]:

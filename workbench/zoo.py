@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .models import create_embedded_model, encode_texts, load_model_config, load_weights, save_weights
-from .train import OptimConfig, Timer, fit, images_to_device, normalize_images
+from .train import OptimConfig, Timer, fit, images_to_device, normalize_images, result_settings
 
 
 @dataclass
@@ -61,7 +61,7 @@ class PretrainConfig:
 def cache_key(config: PretrainConfig, world_fingerprint: str) -> str:
     """Short hash of everything that determines the pretrained weights."""
     # "init" marks weights initialised from the config's seed; earlier caches depended on the process's RNG history.
-    payload = json.dumps({"config": asdict(config), "model": load_model_config(config.model),
+    payload = json.dumps({"config": result_settings(asdict(config)), "model": load_model_config(config.model),
                           "world": world_fingerprint, "init": "seeded"}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -238,7 +238,8 @@ def load_or_distill(student, images, targets, class_vectors: torch.Tensor, setti
 
     if targets.features is None:
         raise ValueError("load_or_distill caches runs with cached teacher targets; a live teacher has none to key on")
-    payload = json.dumps({"identity": identity, "settings": asdict(settings), "images": array_fingerprint(images),
+    payload = json.dumps({"identity": identity, "settings": result_settings(asdict(settings.resolved())),
+                          "images": array_fingerprint(images),
                           "targets": array_fingerprint(targets.features.float().cpu().numpy()),
                           "logit_scale": targets.logit_scale,
                           "vectors": array_fingerprint(class_vectors.float().cpu().numpy()), "device": device.type},
