@@ -362,3 +362,13 @@ def test_cross_dataset_average_leaves_the_source_out():
         cross_dataset_summary({"dtd": 0.4}, source="eurosat")
     with pytest.raises(ValueError, match=r"accuracies must lie in \[0, 1\]"):
         cross_dataset_summary({"a": 0.5, "b": 53.0})
+
+
+def test_holm_adjusts_a_family_of_p_values_by_rank():
+    from workbench.analysis import holm_adjust
+
+    # Sorted: 0.005 x 4, 0.01 x 3, 0.03 x 2, 0.04 x 1 -> 0.02, 0.03, 0.06, 0.04, made non-decreasing.
+    np.testing.assert_allclose(holm_adjust([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm_adjust([np.nan, 0.02, 0.5]), [np.nan, 0.04, 0.5])  # NaN: not a comparison
+    assert holm_adjust([0.6, 0.7]).max() == 1.0  # capped at 1
+    assert np.isnan(holm_adjust([np.nan])).all()

@@ -240,14 +240,16 @@ def test_report_summarises_seeds_and_pairs_on_with_off(sweep, tmp_path):
     paired = read_csv(report["paired_csv"])
     assert [(r["w"], r["off"], r["metric"], r["n"]) for r in paired] == [("5", "0", "score", "2"), ("5", "0", "nested/w", "2")]
     assert float(paired[0]["mean_diff"]) == 10 and float(paired[0]["ci_low"]) == 10 and paired[0]["exceeds_noise"] == "True"
+    # One comparison per metric here, so Holm leaves its p-value (0: both seeds gain exactly 10) as it is.
+    assert (paired[0]["comparisons"], float(paired[0]["p_holm"]), paired[0]["holds_after_holm"]) == ("1", 0.0, "True")
     assert report["result"]["missing_metrics"] == ["absent"]
     html = report["html"].read_text()
     assert html.count("Plotly.newPlot") == 6  # per metric: curve, on/off bars, paired difference
     assert "<script src=" not in html and "plotly.js v" in html  # offline
     assert "Paired comparisons" in html and "absent" in html
     markdown = report["markdown"].read_text()
-    assert "| w=0 | w=5 | 5 − 0 [95% CI] |" in markdown  # the sweep values are the columns
-    assert "| 0.5000 ± 0.7071 | 10.5000 ± 0.7071 | +10.0000 [+10.0000, +10.0000] |" in markdown
+    assert "| w=0 | w=5 | 5 − 0 [95% CI] | n | p, Holm over 1 |" in markdown  # the sweep values are the columns
+    assert "| 0.5000 ± 0.7071 | 10.5000 ± 0.7071 | +10.0000 [+10.0000, +10.0000] | 2 | 0.0000 |" in markdown
 
 
 def test_changed_code_or_parameters_make_finished_runs_stale(sweep, tmp_path):

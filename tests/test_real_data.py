@@ -263,6 +263,33 @@ def test_bad_settings_fail_before_the_run_directory_exists(image_folder, tiny_pa
 
 
 @pytest.mark.reliability
+def test_recipe_settings_are_checked_before_anything_is_written(image_folder, tiny_pair, tmp_path):
+    from workbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kd_weight must be a finite number >= 0, got -1"):
+        _config(image_folder, tiny_pair, tmp_path, recipe="promptkd", kd_weight=-1)
+    with pytest.raises(ConfigError, match="kdpl_top_k is a setting of recipe kdpl; recipe 'logit_kd' does not read"):
+        _config(image_folder, tiny_pair, tmp_path, kdpl_top_k=3)
+    with pytest.raises(ConfigError, match="unknown experiment setting 'kdpl_topk'"):
+        _config(image_folder, tiny_pair, tmp_path, recipe="kdpl", kdpl_topk=3)
+    # Class-agnostic KDPL must not be given the task's own class names.
+    vocabulary = tmp_path / "names.txt"
+    vocabulary.write_text("# generic names\npink hexagon\nBlue_Circle\nteal ring\n")
+    config = _config(image_folder, tiny_pair, tmp_path, recipe="kdpl", kdpl_top_k=2, kdpl_vocabulary=str(vocabulary))
+    with pytest.raises(ValueError, match=r"contains 1 of the task's class names \(Blue_Circle\)"):
+        run_experiment(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    missing = _config(image_folder, tiny_pair, tmp_path, recipe="kdpl", kdpl_top_k=2)
+    with pytest.raises(ValueError, match="class-agnostic KDPL \\(kdpl_top_k > 0\\) needs kdpl_vocabulary"):
+        run_experiment(missing, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    vocabulary.write_text("pink hexagon\nteal ring\nlime diamond\n")
+    metrics = run_experiment(config, tmp_path / "run")  # the generic names only: it trains
+    first = json.loads((tmp_path / "run" / "train.jsonl").read_text().splitlines()[0])
+    assert first["symmetric_kl_loss"] > 0 and first["grad_norm/symmetric_kl"] > 0 and 0 <= metrics["hm"] <= 1
+
+
+@pytest.mark.reliability
 def test_offline_weights_are_named_before_anything_is_written(image_folder, tiny_pair, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))

@@ -789,6 +789,25 @@ def paired_comparison(a, b, confidence: float = 0.95, n_resamples: int = BOOTSTR
             "exceeds_noise": exceeds, "p_value": p_value, "n": len(x)}
 
 
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values of a family of comparisons (NaN entries stay NaN and are not counted).
+
+    The i-th smallest of the m finite p-values is multiplied by ``m - i`` (i from 0), the results made
+    non-decreasing in that order and capped at 1; a comparison whose adjusted p-value is below α holds
+    with family-wise error rate at most α.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if not len(finite):
+        return adjusted
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    scaled = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    adjusted[order] = scaled
+    return adjusted
+
+
 # ----------------------------------------------------------------------------- training logs
 def entropy_trajectory(log_path: str | os.PathLike, key: str = "manifold_entropy") -> dict:
     """The manifold entropy H(M) over training, from a JSONL log of :func:`workbench.train.fit`.

@@ -1268,6 +1268,14 @@ def summarize(records: list[dict], settings: ReportSettings = ReportSettings()) 
             paired.append({**base, "off": settings.off_value, "metric": metric,
                            "mean_on": sum(on_values) / len(pairs), "mean_off": sum(off_values) / len(pairs),
                            **comparison, "seeds": [p[0] for p in pairs]})
+    from .analysis import holm_adjust
+
+    for metric in metrics:  # each metric's comparisons are one family: Holm's correction over all of them
+        rows = [r for r in paired if r["metric"] == metric]
+        counted = sum(1 for r in rows if _finite(r["p_value"]))
+        for r, adjusted in zip(rows, holm_adjust([r["p_value"] for r in rows])):
+            r.update(p_holm=float(adjusted), comparisons=counted,
+                     holds_after_holm=bool(adjusted < 1 - settings.confidence))
     return {"groups": groups, "sweep": settings.sweep if has_sweep else None, "metrics": metrics,
             "missing_metrics": missing, "summary": summary, "paired": paired}
 
@@ -1384,7 +1392,7 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
     summary_csv = _write_text(report_dir / "summary.csv",
                               _csv_text(groups + ["metric"] + stats, result["summary"]))
     paired_cols = ["off", "metric", "n", "mean_on", "mean_off", "mean_diff", "ci_low", "ci_high", "p_value",
-                   "exceeds_noise", "seeds"]
+                   "exceeds_noise", "p_holm", "comparisons", "holds_after_holm", "seeds"]
     paired_csv = _write_text(report_dir / "paired.csv", _csv_text(groups + paired_cols, result["paired"]))
 
     counts = {}
@@ -1400,7 +1408,8 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
              + html.escape(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + ".</p>",
              f"<p>Statistics over <code>{html.escape(settings.seed)}</code>: mean ± sample std, {pct}% "
              "percentile bootstrap CI of the mean; paired comparisons use only seeds present in both arms "
-             "(bootstrap over seeds, paired t-test p-value).</p>"]
+             "(bootstrap over seeds, paired t-test p-value, and that p-value Holm-adjusted over all of the "
+             "report's comparisons of the metric).</p>"]
     if len(versions) > 1:
         parts.append(f"<p class='warn'>Done runs come from {len(versions)} code versions: "
                      f"{html.escape(', '.join(versions))}.</p>")
@@ -1414,10 +1423,13 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
     if result["paired"]:
         parts.append("<h2>Paired comparisons (on − off)</h2>")
         parts.append(_html_table(
-            result["groups"] + [result["sweep"], "metric", "n", "on", "off", "on − off", f"{pct}% CI", "p", "beyond noise"],
+            result["groups"] + [result["sweep"], "metric", "n", "on", "off", "on − off", f"{pct}% CI", "p", "beyond noise",
+                                "p (Holm)", "holds after Holm"],
             [[r[g] for g in result["groups"]] + [r[result["sweep"]], r["metric"], r["n"], _num(r["mean_on"]),
               _num(r["mean_off"]), _num(r["mean_diff"], True), f"[{_num(r['ci_low'], True)}, {_num(r['ci_high'], True)}]",
-              _num(r["p_value"]), "yes" if r["exceeds_noise"] else "no"] for r in result["paired"]]))
+              _num(r["p_value"]), "yes" if r["exceeds_noise"] else "no",
+              f"{_num(r['p_holm'])} of {r['comparisons']}", "yes" if r["holds_after_holm"] else "no"]
+             for r in result["paired"]]))
     if result["summary"]:
         parts.append("<h2>Summary over seeds</h2>")
         parts.append(_html_table(
@@ -1441,7 +1453,8 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
 
 def markdown_report(result: dict, settings: ReportSettings = ReportSettings()) -> str:
     """One Markdown table per metric: a row per group, ``mean ± std`` over seeds per sweep value, and the
-    paired difference ``on_value − off_value`` with its CI (what README tables quote)."""
+    paired difference ``on_value − off_value`` with its CI, the number of seed pairs n and the Holm-adjusted
+    p-value over all the metric's comparisons (what README tables quote)."""
     groups, sweep = result["groups"], result["sweep"]
     pct = int(round(100 * settings.confidence))
     sections = []
@@ -1458,7 +1471,9 @@ def markdown_report(result: dict, settings: ReportSettings = ReportSettings()) -
         header = list(groups) + ([f"{sweep}={json.loads(v)}" for v in values] if sweep else ["mean ± std"])
         with_diff = bool(diffs)
         if with_diff:
-            header.append(f"{settings.on_value} − {settings.off_value} [{pct}% CI]")
+            family = next(iter(diffs.values()))["comparisons"]
+            header += [f"{settings.on_value} − {settings.off_value} [{pct}% CI]", "n",
+                       f"p, Holm over {family}"]
         lines = [f"**{metric}** (mean ± std over {settings.seed})", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(groups) + "---:|" * (len(header) - len(groups))]
         for key in sorted(cells, key=lambda k: [_sort_key(json.loads(v)) for v in k]):
@@ -1466,8 +1481,8 @@ def markdown_report(result: dict, settings: ReportSettings = ReportSettings()) -
             row = [str(v) for v in entry["group"]] + [entry.get(v, "–") for v in (values or [None])]
             if with_diff:
                 d = diffs.get(key)
-                row.append(f"{_num(d['mean_diff'], True)} [{_num(d['ci_low'], True)}, {_num(d['ci_high'], True)}]"
-                           if d else "–")
+                row += ([f"{_num(d['mean_diff'], True)} [{_num(d['ci_low'], True)}, {_num(d['ci_high'], True)}]",
+                         str(d["n"]), _num(d["p_holm"])] if d else ["–", "–", "–"])
             lines.append("| " + " | ".join(row) + " |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"

@@ -1,11 +1,11 @@
 """Distillation recipes: one module per recipe, a registry, and :func:`distill`, which runs any of them with AME.
 
-Each recipe is a :class:`Recipe` subclass registered under its name: it owns its settings' official
+Each recipe is a :class:`Recipe` subclass listed by name in :mod:`.registry`: it owns its settings' official
 defaults (``defaults``), the modules that train and the loss terms of a batch; ``docs/recipes.md``
 holds the fidelity table (each setting, the reference code's value and where it is, the default
 here). :func:`distill` checks the inputs, builds the recipe, attaches AME to the image features and
 class rows the recipe hands it, and calls :func:`workbench.train.fit`. Adding a recipe is one new
-module in this package: every module here is imported, so its ``@register`` runs.
+module in this package and one line in the table of :mod:`.registry`.
 
 ``logit_kd``    Hinton et al.'s logit KD; the student's image tower trains (:mod:`.logit_kd`).
 ``promptkd``    PromptKD: visual prompts and an MLP projector into the teacher's space (:mod:`.promptkd`).
@@ -16,25 +16,17 @@ module in this package: every module here is imported, so its ``@register`` runs
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from ..train import encode_images
-from .base import REGISTRY, DistillContext, Recipe, StepOutput, TeacherTargets, recipe_class, recipe_names, register
+from .base import DistillContext, Recipe, StepOutput, TeacherTargets
 from .config import RECIPE_FIELDS, TEACHER_MODES, DistillConfig
+from .dho import DHO_ALPHAS, DHO_BETAS, DualHeadStudent, choose_dho_mixing
 from .distill import DistillResult, accuracy_among, distill, make_ame
+from .registry import RECIPES, REGISTRY, recipe_class
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in {"base", "config", "distill"}:
-        importlib.import_module(f"{__name__}.{_module.name}")
-
-from .dho import DHO_ALPHAS, DHO_BETAS, DualHeadStudent, choose_dho_mixing  # noqa: E402
-
-RECIPES = recipe_names()
 LABEL_FREE_RECIPES = tuple(name for name in RECIPES if not REGISTRY[name].needs_labels)
 TEACHER_SPACE_RECIPES = tuple(name for name in RECIPES if REGISTRY[name].scores_in_teacher_space)
 
 __all__ = ["DHO_ALPHAS", "DHO_BETAS", "LABEL_FREE_RECIPES", "RECIPES", "RECIPE_FIELDS", "REGISTRY",
            "TEACHER_MODES", "TEACHER_SPACE_RECIPES", "DistillConfig", "DistillContext", "DistillResult",
            "DualHeadStudent", "Recipe", "StepOutput", "TeacherTargets", "accuracy_among", "choose_dho_mixing",
-           "distill", "encode_images", "make_ame", "recipe_class", "recipe_names", "register"]
+           "distill", "encode_images", "make_ame", "recipe_class"]

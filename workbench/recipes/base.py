@@ -1,6 +1,6 @@
 """What every recipe shares: the teacher's targets, the context a recipe is built from, the recipe class.
 
-A recipe is a class registered under its name (:func:`register`). :func:`workbench.recipes.distill`
+A recipe is a class listed by name in :mod:`workbench.recipes.registry`. :func:`workbench.recipes.distill`
 builds it from a :class:`DistillContext` — the student, the teacher's targets, the class vectors and
 the classes training sees, already checked — and trains the modules it names, calling
 :meth:`Recipe.step` once per batch. The recipe returns its named loss terms together with the image
@@ -17,29 +17,6 @@ import torch
 from torch import nn
 
 from ..train import encode_images
-
-REGISTRY: dict[str, type["Recipe"]] = {}
-
-
-def register(cls: type["Recipe"]) -> type["Recipe"]:
-    """Class decorator: make ``cls`` available as ``DistillConfig(recipe=cls.name)``."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"recipe {cls.name!r} is registered twice ({REGISTRY[cls.name].__module__}, {cls.__module__})")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def recipe_names() -> tuple[str, ...]:
-    """The registered recipes' names, in their ``order`` (the order tables list them in)."""
-    return tuple(sorted(REGISTRY, key=lambda name: (REGISTRY[name].order, name)))
-
-
-def recipe_class(name: str) -> type["Recipe"]:
-    """The registered recipe called ``name``; ``ValueError`` naming the valid ones otherwise."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown recipe {name!r}; valid names: {', '.join(recipe_names())}")
-    return REGISTRY[name]
-
 
 @dataclass
 class TeacherTargets:
@@ -128,7 +105,6 @@ class Recipe:
     """
 
     name: ClassVar[str]
-    order: ClassVar[int] = 100  # position in RECIPES (tables list recipes in this order)
     defaults: ClassVar[dict] = {}  # DistillConfig field -> official default
     dataset_defaults: ClassVar[dict] = {}  # dataset name -> {field: official value for that dataset}
     needs_labels: ClassVar[bool] = False  # trains on labelled images (label -1 = unlabelled) as well

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..losses import AME_VARIANTS, FEATURE_DISTANCES, IMAGE_PROJECTIONS, KD_REDUCTIONS
 from ..train import SELECTION_POLICIES, OptimConfig
-from .base import REGISTRY, recipe_class, recipe_names
+from .registry import RECIPES, REGISTRY, recipe_class
 
 TEACHER_MODES = ("cached", "live")
 PROJECTORS = ("mlp", "linear")  # PromptKD's projector: two-layer MLP with BatchNorm (official) or one Linear
@@ -26,7 +26,7 @@ class DistillConfig:
     does not read is an error, so a setting never silently does nothing.
     """
 
-    recipe: str = "logit_kd"  # a registered recipe (workbench.recipes.RECIPES)
+    recipe: str = "logit_kd"  # a recipe of workbench.recipes.RECIPES
     # recipe: knowledge distillation
     temperature: float | None = None  # KD softmax temperature tau
     kd_weight: float | None = None  # multiplier of the KD term (PromptKD: 1000, 200 on three datasets)
@@ -63,7 +63,7 @@ class DistillConfig:
         cls = recipe_class(self.recipe)
         for name in RECIPE_FIELDS:
             if getattr(self, name) is not None and name not in cls.defaults:
-                owners = [r for r in recipe_names() if name in REGISTRY[r].defaults]
+                owners = [r for r in RECIPES if name in REGISTRY[r].defaults]
                 raise ValueError(f"{name} is a setting of recipe {' and '.join(owners)}; recipe {self.recipe!r} "
                                  f"does not read it (remove it, or choose one of those recipes)")
         for name, value, valid in (("kd_reduction", self.kd_reduction, KD_REDUCTIONS),

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import KDLoss
-from .base import Recipe, StepOutput, register
+from .base import Recipe, StepOutput
 
 DHO_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))  # train_others.py: np.arange(0, 1.05, 0.05)
 DHO_BETAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0)  # train_others.py: beta_range
@@ -140,10 +140,8 @@ def paired_plan(labelled: torch.Tensor, unlabelled: torch.Tensor):
     return plan
 
 
-@register
 class DHO(Recipe):
     name = "dho"
-    order = 3
     needs_labels = True
     defaults = {"temperature": 2.0, "kd_weight": 1.0, "kd_reduction": "batchmean", "dho_label_weight": 0.5}
 

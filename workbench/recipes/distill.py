@@ -12,7 +12,8 @@ from torch import nn
 from ..image_sources import ViewAdapter, as_source
 from ..losses import AMELoss
 from ..train import ModelSelector, fit
-from .base import DistillContext, TeacherTargets, recipe_class
+from .base import DistillContext, TeacherTargets
+from .registry import recipe_class
 from .config import DistillConfig
 
 

@@ -16,14 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import FeatureKDLoss, KDLoss
-from .base import Recipe, StepOutput, register
+from .base import Recipe, StepOutput
 from .logit_kd import weighted
 
 
-@register
 class FeatureKD(Recipe):
     name = "feature_kd"
-    order = 4
     defaults = {"feature_distance": "mse", "feature_weight": 2000.0, "logit_kd_weight": 0.0,
                 "temperature": 1.0, "kd_weight": 1.0, "kd_reduction": "batchmean"}
 

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 from ..losses import SymmetricKLLoss
 from ..prompts import PromptedStudent
-from .base import Recipe, StepOutput, register
+from .base import Recipe, StepOutput
 from .logit_kd import weighted
 
 
-@register
 class KDPL(Recipe):
     name = "kdpl"
-    order = 2
     defaults = {"temperature": 1.0, "kd_weight": 1.0, "kd_reduction": "batchmean", "kdpl_prompts": "vpt",
                 "kdpl_top_k": 0, "kdpl_vocabulary": None, "prompt_tokens": 8, "prompt_depth": 12,
                 "prompt_init_std": 0.02}

@@ -8,7 +8,7 @@ workbench's baseline: no reference code beyond the paper, whose temperature the 
 from __future__ import annotations
 
 from ..losses import KDLoss
-from .base import Recipe, StepOutput, register
+from .base import Recipe, StepOutput
 
 
 def weighted(terms: dict, weight: float) -> dict:
@@ -16,10 +16,8 @@ def weighted(terms: dict, weight: float) -> dict:
     return {k: weight * v if k.endswith("_loss") else v for k, v in terms.items()}
 
 
-@register
 class LogitKD(Recipe):
     name = "logit_kd"
-    order = 0
     defaults = {"temperature": 1.0, "kd_weight": 1.0, "kd_reduction": "batchmean"}
 
     def __init__(self, context):

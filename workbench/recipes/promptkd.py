@@ -16,7 +16,7 @@ import torch
 
 from ..losses import KDLoss
 from ..prompts import PromptedStudent
-from .base import Recipe, StepOutput, register
+from .base import Recipe, StepOutput
 from .logit_kd import weighted
 
 
@@ -31,10 +31,8 @@ def drop_last_plan(num_samples: int):
     return plan
 
 
-@register
 class PromptKD(Recipe):
     name = "promptkd"
-    order = 1
     scores_in_teacher_space = True
     defaults = {"temperature": 1.0, "kd_weight": 1000.0, "kd_reduction": "mean", "prompt_tokens": 4,
                 "prompt_depth": 9, "prompt_init_std": 0.02, "projector": "mlp", "student_scale": "own"}
