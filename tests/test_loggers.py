@@ -82,10 +82,14 @@ def test_tensorboard_shows_the_jsonl_records_and_logging_changes_no_number(tmp_p
 
     scalars = _scalars(tmp_path / "views")
     records = _read_jsonl(tmp_path / "views" / "train.jsonl")
-    assert set(scalars) == {"loss/total", "loss/mse_loss", "loss/l1_loss", "train/lr", "train/manifold_entropy"}
-    for key in ("loss", "mse_loss", "l1_loss", "lr", "manifold_entropy"):
-        assert [s for s, _ in scalars[scalar_tag(key)]] == list(range(9))
-        assert [v for _, v in scalars[scalar_tag(key)]] == pytest.approx([r[key] for r in records], rel=1e-6)
+    diagnostics = {"grad_norm/mse", "grad_norm/l1", "grad_norm/total", "grad_norm/clipped"}  # every 25 steps
+    assert set(scalars) == {"loss/total", "loss/mse_loss", "loss/l1_loss", "train/lr", "train/manifold_entropy"} | {
+        f"train/{key}" for key in diagnostics}
+    for key in ("loss", "mse_loss", "l1_loss", "lr", "manifold_entropy", *diagnostics):
+        logged = [r for r in records if key in r]
+        assert [s for s, _ in scalars[scalar_tag(key)]] == [r["step"] for r in logged]
+        assert [v for _, v in scalars[scalar_tag(key)]] == pytest.approx([r[key] for r in logged], rel=1e-6)
+    assert [r["step"] for r in records if "grad_norm/mse" in r] == [0]
 
 
 def test_model_selection_score_is_logged_per_epoch(tmp_path):
@@ -127,7 +131,8 @@ def test_a_resumed_fit_shows_each_step_once(tmp_path):
     resumed, expected = _scalars(run), _scalars(tmp_path / "straight")
     assert set(resumed) == set(expected)
     for tag, points in expected.items():
-        assert [s for s, _ in resumed[tag]] == list(range(12)), tag  # no step twice, none missing
+        every = [0] if "grad_norm" in tag else list(range(12))  # the diagnostics come every 25 steps
+        assert [s for s, _ in resumed[tag]] == every, tag  # no step twice, none missing
         assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in points], rel=1e-5), tag
 
 
