@@ -52,7 +52,7 @@ class DistillConfig:
     ame_weight: float = 0.0  # AME weight omega; 0 disables AME (paper default when on: 50)
     ame_manifold_dim: int = 64  # width of AME's shared manifold
     ame_hidden_dim: int = 256  # hidden width of AME's text projection MLP
-    ame_image_projection: str = "conv1d"  # "conv1d" (the paper's convolution) or "linear"
+    ame_image_projection: str = "linear"  # "linear" or "conv1d" (our reading of the paper's convolution)
     ame_variant: str = "paper"  # "paper" (softmax over all rows) or "per_sample" (per-image entropy)
     ame_warmup_steps: int = 0  # steps over which omega ramps up linearly; 0 = full weight at once
     selection: str = "last"  # checkpoint kept: "last", "best_val" or "best_base_test" (see ModelSelector)
