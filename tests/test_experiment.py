@@ -1,5 +1,8 @@
+import dataclasses
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -169,3 +172,29 @@ def test_sigkilled_training_resumes_to_the_same_metrics(tmp_path, cache):
         for key in ("base_acc", "new_acc", "hm"):
             assert resumed[key] == pytest.approx(straight[key]), (name, key)
         assert not list(run_dir.glob("*.tmp*")), name  # no half-written file left behind
+
+
+def test_teacher_tuning_prompt_tunes_the_teacher_once_and_distils_from_it(tmp_path, cache):
+    from workbench.experiment import ExperimentConfig
+    from workbench.runs import read_json
+
+    tuning = {"enabled": True, "prompt_depth": 2, "optim": {"epochs": 6, "batch_size": 8, "lr": 0.05}}
+    config = ExperimentConfig.from_dict({**SMOKE, "cache_dir": cache, "teacher_tuning": tuning,
+                                         "distill": {"recipe": "promptkd", "optim": {"epochs": 1, "batch_size": 8}}})
+    plain = dataclasses.replace(config, teacher_tuning=dataclasses.replace(config.teacher_tuning, enabled=False))
+    untuned = run_experiment(plain, tmp_path / "plain")
+    tuned = run_experiment(config, tmp_path / "tuned")
+    assert read_json(tmp_path / "tuned" / "config.json")["teacher_tuning"]["enabled"] is True
+    logs = list((Path(cache) / "tuned_teachers").glob("*.log.jsonl"))
+    assert len(logs) == 1 and len(list((Path(cache) / "tuned_teachers").glob("*.safetensors"))) == 1
+    ce = [json.loads(line)["ce_loss"] for line in logs[0].read_text().splitlines()]
+    assert np.mean(ce[-3:]) < np.mean(ce[:3])  # cross-entropy on the labelled shots falls
+    # The tuned teacher is another teacher: its (cached) features, hence the distilled student, differ.
+    with np.load(tmp_path / "plain" / "embeddings.npz") as a, np.load(tmp_path / "tuned" / "embeddings.npz") as b:
+        assert not np.allclose(a["teacher_features"], b["teacher_features"])
+    assert 0 <= untuned["hm"] <= 1
+    again = run_experiment(config, tmp_path / "again")  # loaded from the cache, not tuned twice
+    assert again["hm"] == tuned["hm"] and len(list((Path(cache) / "tuned_teachers").glob("*.safetensors"))) == 1
+    with pytest.raises(ValueError, match="teacher_tuning needs the teacher's un-augmented view"):
+        ExperimentConfig.from_dict({**SMOKE, "augment": True, "teacher_tuning": {"enabled": True},
+                                    "distill": {"recipe": "promptkd", "teacher_mode": "live"}})

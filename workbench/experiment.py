@@ -16,6 +16,8 @@ This is what ``python -m workbench train --config run.yaml`` runs. A config is d
     distill:                # workbench.recipes.DistillConfig (recipe, temperature, ame_weight, optim …)
       recipe: logit_kd
       ame_weight: 50.0
+    teacher_tuning:         # PromptKD's first stage: prompt-tune the teacher on the labelled shots
+      enabled: false
 
 Dataset, model pair and protocol are resolved and checked by :func:`workbench.task.prepare_task`
 before anything is written.
@@ -49,6 +51,7 @@ import torch
 from .config import ConfigError, differences, from_mapping, read_config_file
 from .loggers import DEFAULT_LOGGERS, check_loggers
 from .recipes import DistillConfig
+from .recipes.teacher_tuning import TeacherTuningConfig
 from .task import EMBEDDED_WORLD, ON_ERROR, PROTOCOLS
 
 SETTINGS = ("inductive", "transductive")
@@ -77,6 +80,7 @@ class ExperimentConfig:
     val_per_class: int = 8  # held-out labelled train images per training class (DHO mixing, best_val)
     loggers: list = field(default_factory=lambda: list(DEFAULT_LOGGERS))  # jsonl + views: tensorboard, wandb
     distill: DistillConfig = field(default_factory=DistillConfig)  # recipe, AME and optimisation settings
+    teacher_tuning: TeacherTuningConfig = field(default_factory=TeacherTuningConfig)  # PromptKD's first stage
 
     def __post_init__(self):
         self.distill = self.distill.resolved(self.dataset)  # the recipe's official defaults, for this dataset
@@ -101,6 +105,9 @@ class ExperimentConfig:
             raise ValueError(f"augment must be true or false, got {self.augment!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be a non-negative integer, got {self.workers!r}")
+        if self.teacher_tuning.enabled and self.augment:
+            raise ValueError("teacher_tuning needs the teacher's un-augmented view of the labelled images; "
+                             "it does not run with augment: true yet")
         if self.augment and self.distill.teacher_mode != "live":
             raise ValueError("augment: true needs teacher_mode: live — the teacher must see each augmented view "
                              "(cached teacher features are of un-augmented images)")
@@ -201,6 +208,8 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     device = select_device(config.device)
     # Under torchrun rank 0 fills the shared caches (world, models, manifests, class vectors) before the others read them.
     task = _rank_zero_first(lambda: prepare_task(config, device))
+    if config.teacher_tuning.enabled:
+        task = _rank_zero_first(lambda: _with_tuned_teacher(task, config, device))
     if rank == 0:
         run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
         if not stored.is_file():  # a resumed run keeps the record of how it started
@@ -255,6 +264,22 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
             views.scalars(metric_scalars(metrics), step=len(history))
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _with_tuned_teacher(task, config: ExperimentConfig, device: torch.device):
+    """``task`` whose teacher is prompt-tuned on its labelled training images (cached under ``cache_dir``)."""
+    from .cache import model_fingerprint
+    from .recipes.teacher_tuning import load_or_tune_teacher
+
+    labelled = np.flatnonzero(np.asarray(task.train_labels) >= 0)
+    if not len(labelled):
+        raise ValueError("teacher_tuning needs labelled training images (shots); this run has none")
+    tuned, _ = load_or_tune_teacher(task.teacher, task.teacher_train_images.subset(labelled),
+                                    np.asarray(task.train_labels)[labelled], task.teacher_vectors,
+                                    dataclasses.replace(config.teacher_tuning, optim=dataclasses.replace(
+                                        config.teacher_tuning.optim, seed=config.seed)),
+                                    device, config.cache_dir)
+    return dataclasses.replace(task, teacher=tuned, teacher_fingerprint=model_fingerprint(tuned))
 
 
 def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch.device,

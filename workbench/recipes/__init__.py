@@ -22,11 +22,12 @@ from .config import RECIPE_FIELDS, TEACHER_MODES, DistillConfig
 from .dho import DHO_ALPHAS, DHO_BETAS, DualHeadStudent, choose_dho_mixing
 from .distill import DistillResult, accuracy_among, distill, make_ame
 from .registry import RECIPES, REGISTRY, recipe_class
+from .teacher_tuning import TeacherTuningConfig, load_or_tune_teacher, tune_teacher
 
 LABEL_FREE_RECIPES = tuple(name for name in RECIPES if not REGISTRY[name].needs_labels)
 TEACHER_SPACE_RECIPES = tuple(name for name in RECIPES if REGISTRY[name].scores_in_teacher_space)
 
 __all__ = ["DHO_ALPHAS", "DHO_BETAS", "LABEL_FREE_RECIPES", "RECIPES", "RECIPE_FIELDS", "REGISTRY",
-           "TEACHER_MODES", "TEACHER_SPACE_RECIPES", "DistillConfig", "DistillContext", "DistillResult",
+           "TEACHER_MODES", "TEACHER_SPACE_RECIPES", "DistillConfig", "TeacherTuningConfig", "DistillContext", "DistillResult",
            "DualHeadStudent", "Recipe", "StepOutput", "TeacherTargets", "accuracy_among", "choose_dho_mixing",
-           "distill", "encode_images", "make_ame", "recipe_class"]
+           "distill", "encode_images", "load_or_tune_teacher", "make_ame", "recipe_class", "tune_teacher"]
