@@ -10,13 +10,17 @@ features and class rows AME should see, so AME attaches to any recipe in one pla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..train import encode_images
+
+if TYPE_CHECKING:  # config.py imports the recipe table, which imports this module
+    from .config import DistillConfig
+
 
 @dataclass
 class TeacherTargets:
@@ -58,7 +62,7 @@ class DistillContext:
 
     student: nn.Module  # open_clip model, already on device
     teacher: "TeacherTargets"
-    config: "object"  # the resolved DistillConfig
+    config: "DistillConfig"  # resolved: every recipe setting filled in
     device: torch.device
     vectors: torch.Tensor  # (C, Dt) every class in the teacher's text space
     student_vectors: torch.Tensor  # (C, Ds) the same classes from the student's text tower
