@@ -198,3 +198,18 @@ def test_teacher_tuning_prompt_tunes_the_teacher_once_and_distils_from_it(tmp_pa
     with pytest.raises(ValueError, match="teacher_tuning needs the teacher's un-augmented view"):
         ExperimentConfig.from_dict({**SMOKE, "augment": True, "teacher_tuning": {"enabled": True},
                                     "distill": {"recipe": "promptkd", "teacher_mode": "live"}})
+
+
+def test_dho_run_scores_the_test_images_with_its_mixed_heads(tmp_path, cache):
+    from workbench.experiment import ExperimentConfig
+    from workbench.recipes import DHO_ALPHAS, DHO_BETAS
+
+    config = ExperimentConfig.from_dict({**SMOKE, "cache_dir": cache,
+                                         "distill": {"recipe": "dho", "optim": {"epochs": 2, "batch_size": 8}}})
+    metrics = run_experiment(config, tmp_path / "run")
+    mixing = metrics["dho_mixing"]
+    assert mixing["alpha"] in DHO_ALPHAS and mixing["beta"] in DHO_BETAS and 0 <= mixing["val_acc"] <= 1
+    with np.load(tmp_path / "run" / "embeddings.npz") as arrays:  # log p of the heads' mixture, one pass
+        np.testing.assert_allclose(np.exp(arrays["logits"]).sum(1), 1.0, atol=1e-4)
+        np.testing.assert_allclose(np.linalg.norm(arrays["image_features"], axis=1), 1.0, atol=1e-4)
+    assert (tmp_path / "run" / "recipe_modules.safetensors").is_file()  # both heads are saved with the run

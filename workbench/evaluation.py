@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .protocol import evaluate_base_new
-from .train import encode_images, encode_source
+from .train import encode_images, encode_source, map_source
 
 
 def evaluate_model(model, images, labels, class_vectors: torch.Tensor, base_classes, new_classes,
@@ -29,26 +29,10 @@ def _zero_shot_logits(model, features: torch.Tensor, class_vectors: torch.Tensor
     return model.logit_scale.detach().float().exp().cpu() * features @ class_vectors.float().cpu().T
 
 
-def _own_predictions(model, images, device, batch_size: int = 512):
+def _own_predictions(model, images, device):
     # One pass: the heads read the raw embedding, which the unit-norm features no longer carry.
-    from .image_sources import as_source, in_order
-    from .train import autocast
-
-    device = device or next(model.parameters()).device
-    source = as_source(images)
-    was_training = model.training
-    model.eval()
-    features, logits, kept = [], [], []
-    for positions, pixels in source.batches(in_order(len(source), batch_size), device):
-        with autocast(device):
-            unit, log_p = model.image_logits(pixels)
-        features.append(unit.float().cpu())
-        logits.append(log_p.float().cpu())
-        kept.append(positions.cpu().numpy())
-    model.train(was_training)
-    if not features:
-        raise ValueError("no images to encode")
-    return torch.cat(features), torch.cat(logits), np.concatenate(kept)
+    (features, logits), kept = map_source(model, images, model.image_logits, device=device)
+    return features, logits, kept
 
 
 @torch.no_grad()

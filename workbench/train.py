@@ -172,12 +172,12 @@ def configure_backends(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def encode_source(model: nn.Module, images, batch_size: int = 512, device: torch.device | None = None
-                  ) -> tuple[torch.Tensor, np.ndarray]:
-    """``(features, kept)``: L2-normalised embeddings (float32, CPU) of the readable images and their positions.
+def map_source(model: nn.Module, images, encode: Callable, batch_size: int = 512,
+               device: torch.device | None = None) -> tuple[tuple[torch.Tensor, ...], np.ndarray]:
+    """``encode(pixels)`` (a tensor or a tuple of tensors) over every readable image of ``images``, in eval mode.
 
-    ``images`` is a uint8 ``(N, H, W, 3)`` array or an image source (:mod:`workbench.image_sources`);
-    ``kept`` is ``0..N-1`` unless a manifest source skipped unreadable files.
+    Returns each output concatenated over the batches (float32, CPU) and the positions of the images kept;
+    ``images`` is a uint8 ``(N, H, W, 3)`` array or an image source (:mod:`workbench.image_sources`).
     """
     device = device or next(model.parameters()).device
     source = as_source(images)
@@ -186,13 +186,24 @@ def encode_source(model: nn.Module, images, batch_size: int = 512, device: torch
     chunks, kept = [], []
     for positions, pixels in source.batches(in_order(len(source), batch_size), device):
         with autocast(device):
-            features = model.encode_image(pixels, normalize=True)
-        chunks.append(features.float().cpu())
+            out = encode(pixels)
+        chunks.append(tuple(t.float().cpu() for t in (out if isinstance(out, tuple) else (out,))))
         kept.append(positions.cpu().numpy())
     model.train(was_training)
     if not chunks:
         raise ValueError("no images to encode")
-    return torch.cat(chunks), np.concatenate(kept)
+    return tuple(torch.cat(parts) for parts in zip(*chunks)), np.concatenate(kept)
+
+
+def encode_source(model: nn.Module, images, batch_size: int = 512, device: torch.device | None = None
+                  ) -> tuple[torch.Tensor, np.ndarray]:
+    """``(features, kept)``: L2-normalised embeddings (float32, CPU) of the readable images and their positions.
+
+    ``kept`` is ``0..N-1`` unless a manifest source skipped unreadable files (:func:`map_source`).
+    """
+    (features,), kept = map_source(model, images, lambda pixels: model.encode_image(pixels, normalize=True),
+                                   batch_size, device)
+    return features, kept
 
 
 def encode_images(model: nn.Module, images, batch_size: int = 512,

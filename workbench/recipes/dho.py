@@ -100,18 +100,11 @@ def choose_dho_mixing(model: DualHeadStudent, images, labels, classes: torch.Ten
     Accuracy is among ``classes`` (the classes training saw); β is the outer loop and the first
     maximum wins. Sets the model's mixing and returns ``{"alpha", "beta", "val_acc"}``.
     """
-    from ..image_sources import as_source, in_order
+    from ..train import map_source
 
-    source = as_source(images)
-    was_training = model.training
-    model.eval()
-    heads = [[], []]
-    for _, pixels in source.batches(in_order(len(source), 512), device):
-        for store, logits in zip(heads, model.head_logits(model.student.encode_image(pixels).float(),
-                                                          classes.to(device))):
-            store.append(logits.float())
-    model.train(was_training)
-    z_ce, z_kd = torch.cat(heads[0]), torch.cat(heads[1])
+    classes = classes.to(device)
+    (z_ce, z_kd), _ = map_source(model, images, lambda pixels: model.head_logits(
+        model.student.encode_image(pixels).float(), classes), device=device)
     position = {int(c): i for i, c in enumerate(classes.tolist())}
     targets = torch.tensor([position[int(y)] for y in np.asarray(labels)], device=z_ce.device)
     best = None
