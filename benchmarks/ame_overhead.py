@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from workbench import models, recipes
-from workbench.train import OptimConfig, select_device
+from workbench.device import select_device
+from workbench.train import OptimConfig
 
 import harness
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from workbench import models, recipes
 from workbench.cache import cached_image_features
-from workbench.train import OptimConfig, select_device
+from workbench.device import select_device
+from workbench.train import OptimConfig
 
 import harness
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workbench.pipeline import NOTEBOOK_DIR, run_notebook
+from workbench.sweeps import NOTEBOOK_DIR, run_notebook
 from workbench.regime import regime_table
 
 import harness

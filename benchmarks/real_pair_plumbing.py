@@ -50,7 +50,8 @@ from workbench import models, recipes
 from workbench.cache import cached_image_features
 from workbench.image_sources import ManifestImages
 from workbench.task import resolve_dataset
-from workbench.train import OptimConfig, select_device
+from workbench.device import select_device
+from workbench.train import OptimConfig
 
 import harness
 

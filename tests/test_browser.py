@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.pipeline import NOTEBOOK_DIR, REPO_ROOT
+from workbench.sweeps import NOTEBOOK_DIR, REPO_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

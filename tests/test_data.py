@@ -358,7 +358,7 @@ def test_few_shot_determinism_and_cache(manifest, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("sampled again instead of reading the cache")
 
-    monkeypatch.setattr(data, "few_shot_indices", boom)
+    monkeypatch.setattr(data.shots, "few_shot_indices", boom)
     assert np.array_equal(few_shot(manifest, 2, seed=1, cache_dir=tmp_path / "cache"), first)
     monkeypatch.undo()
     assert not np.array_equal(few_shot(manifest, 2, seed=2, cache_dir=tmp_path / "cache"), first)

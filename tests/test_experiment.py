@@ -109,7 +109,7 @@ def test_flat_settings_go_to_the_config_level_that_has_them():
 
 
 def test_pipeline_step_gives_the_same_run_through_papermill_and_in_process(tmp_path, cache, monkeypatch):
-    from workbench.pipeline import NOTEBOOK_DIR, PipelineSpec, run_pipeline
+    from workbench.sweeps import NOTEBOOK_DIR, PipelineSpec, run_pipeline
 
     monkeypatch.delenv("WORKBENCH_DATA", raising=False)
 

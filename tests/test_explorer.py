@@ -1,3 +1,4 @@
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_explorer_starts_with_every_sample_coloured_by_class(explorer, runs):
     assert explorer.run.options == ("KD", "KD + AME")
     assert "entropy" in explorer.colour_by.options and "teacher_kl" in explorer.colour_by.options
     np.testing.assert_array_equal(_drawn(explorer), np.arange(CLASSES * PER_CLASS))
-    palette = viz._class_colours(NAMES, None)
+    palette = viz.maps._class_colours(NAMES, None)
     assert list(explorer.figure.data[0].marker.color) == [palette[y] for y in table["label"]]
     assert "60 of 60 selected samples drawn" in explorer.status.value and "class 3" in explorer.status.value
     assert explorer.widget.children  # a displayable VBox
@@ -131,8 +132,14 @@ def test_runs_are_read_from_run_directories(runs, tmp_path):
     assert run.logits is not None and set(run.table) == set(runs["KD"][2])
     explorer = ManifoldExplorer([tmp_path / "KD", tmp_path / "KD+AME"], NAMES, method="pca", figure_widget=False)
     assert explorer.run.options == ("KD", "KD+AME")
-    with pytest.raises(FileNotFoundError, match="has no embeddings.npz"):
+    with pytest.raises(FileNotFoundError, match="holds no embeddings.npz"):
         load_run(tmp_path)
+    # a pipeline step keeps its run in experiment/: the step's directory is enough
+    shutil.copytree(tmp_path / "KD", tmp_path / "step" / "experiment")
+    np.testing.assert_array_equal(load_run(tmp_path / "step").image_features, run.image_features)
+    (tmp_path / "step" / "experiment" / "samples.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="has no samples.csv"):
+        load_run(tmp_path / "step")
 
 
 def test_explorer_refuses_runs_of_other_samples(runs):

@@ -178,7 +178,7 @@ def test_torchrun_on_an_empty_cache_finishes(tmp_path):
 
 def _stuck_worker(rank: int, init_file: str, queue) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), WORKBENCH_DIST_TIMEOUT="3")
-    from workbench.train import collective, dist_timeout
+    from workbench.device import collective, dist_timeout
     import datetime
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,

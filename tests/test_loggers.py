@@ -157,7 +157,7 @@ def test_an_experiment_writes_tensorboard_and_sends_nothing_anywhere(tmp_path, c
 
 
 def test_a_sweep_directory_shows_one_run_per_grid_point_with_its_hparams(tmp_path, cache):
-    from workbench.pipeline import NOTEBOOK_DIR, PipelineSpec, run_pipeline
+    from workbench.sweeps import NOTEBOOK_DIR, PipelineSpec, run_pipeline
 
     spec = PipelineSpec.from_dict({
         "name": "tb", "notebook": str(NOTEBOOK_DIR / "run_experiment.ipynb"), "in_process": True,

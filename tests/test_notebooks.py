@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from workbench.pipeline import NOTEBOOK_DIR, run_notebook
+from workbench.sweeps import NOTEBOOK_DIR, run_notebook
 from workbench.runs import create_run_dir
 
 MODELS = ("teacher zero-shot", "student zero-shot", "KD (inductive)", "KD + AME (inductive)", "KD (transductive)",
@@ -193,7 +193,7 @@ def test_quickstart_saves_distilled_students_that_reload(quickstart_run):
 def test_wrong_parameter_types_fail_before_any_work(tmp_path):
     import papermill
 
-    from workbench.pipeline import check_parameters
+    from workbench.notebook import check_parameters
 
     with pytest.raises(TypeError, match=r"shots='16' \(str, expected int\); smoke=1 \(int, expected bool\)"):
         check_parameters({"shots": "16", "smoke": 1}, {"shots": int, "smoke": bool})
@@ -226,7 +226,7 @@ def test_every_numbered_notebook_is_executed_by_this_suite():
     fixtures = {"00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
                 "03_ame_ablation.ipynb", "04_tutorial_entropy_minimization.ipynb", "05_real_benchmark_recipe.ipynb"}
     numbered = {p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")}
-    assert numbered == fixtures == set(NBVAL_PARAMETERS)  # run_experiment.ipynb: tests/test_pipeline.py
+    assert numbered == fixtures == set(NBVAL_PARAMETERS)  # run_experiment.ipynb: tests/test_sweeps.py
 
 
 def test_checked_cells_have_committed_outputs():

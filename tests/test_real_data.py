@@ -321,27 +321,27 @@ def test_benchmark_11_runs_in_smoke_mode_on_stand_ins(tmp_path, monkeypatch):
     """The shipped spec, unchanged but for smoke settings: spec → runs → index → report, then one run as a notebook."""
     import dataclasses
 
-    from workbench import pipeline, stand_ins
+    from workbench import sweeps, stand_ins
 
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
-    spec = pipeline.load_spec("pipelines/benchmark_11.yaml", output=tmp_path / "out",
-                              overrides={"smoke": True, "shots": 1, "seed": [1], "cache_dir": str(tmp_path / "cache")})
+    spec = sweeps.load_spec("pipelines/benchmark_11.yaml", output=tmp_path / "out",
+                            overrides={"smoke": True, "shots": 1, "seed": [1], "cache_dir": str(tmp_path / "cache")})
     for name in spec.grid["dataset"]:
         stand_ins.write_stand_in(name, tmp_path / "data", classes=4)
     in_process = dataclasses.replace(spec, in_process=True)  # run_step directly: what the notebook's one call does
-    result = pipeline.run_pipeline(in_process, progress=False)
+    result = sweeps.run_pipeline(in_process, progress=False)
     assert len(result.executed) == 44 and not result.failed, result.summary()
     index = (tmp_path / "out" / "index.csv").read_text().splitlines()
     assert len(index) == 45
     metrics = json.loads(next((tmp_path / "out").glob("dataset=food101__config=configs-promptkd*50*/metrics.json"))
                          .read_text())
     assert metrics["dataset"] == "food101" and 0 <= metrics["hm"] <= 1
-    report = pipeline.build_report(tmp_path / "out")
+    report = sweeps.build_report(tmp_path / "out")
     assert (tmp_path / "out" / "report" / "paired.csv").is_file() and report
     # The same spec through papermill: the notebook path a GPU machine takes, for one run.
     notebook_out = tmp_path / "notebook_out"
     single = dataclasses.replace(spec, output=notebook_out)
-    result = pipeline.run_pipeline(single, only_index=0, progress=False)
+    result = sweeps.run_pipeline(single, only_index=0, progress=False)
     assert [s["status"] for s in result.executed.values()] == ["done"], result.summary()
     assert json.loads(next(notebook_out.glob("*/metrics.json")).read_text())["dataset"] == "imagenet"
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from workbench import recipes, zoo
-from workbench.train import OptimConfig, cosine_schedule, encode_images, fit, select_device
+from workbench.device import select_device
+from workbench.train import OptimConfig, cosine_schedule, encode_images, fit
 
 
 def _world_like(n=64, classes=4, seed=0):

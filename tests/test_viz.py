@@ -391,7 +391,7 @@ def test_save_png_without_kaleido_or_chromium_says_what_to_install(world_map, tm
         viz.save_png(fig, tmp_path / "fig.png")
     monkeypatch.delitem(sys.modules, "kaleido")
     if _has_kaleido():
-        monkeypatch.setattr(viz, "find_chromium", lambda: None)
+        monkeypatch.setattr(viz.export, "find_chromium", lambda: None)
         with pytest.raises(RuntimeError, match="save_png found no Chromium"):
             viz.save_png(fig, tmp_path / "fig.png")
     assert not list(tmp_path.iterdir())

@@ -128,7 +128,7 @@ def test_shape_morph_starts_at_the_primary_and_moves_to_the_partner(spec):
     bar = {k: np.zeros(m) for k in ("vertical", "offset", "width", "grey")}
 
     def render(p_shp, a):
-        return world._render(plain, shapes, np.random.default_rng(0), primary, p_shp, np.full(m, a),
+        return world.render._render(plain, shapes, np.random.default_rng(0), primary, p_shp, np.full(m, a),
                              colour, bg, np.zeros(m), factors, bar).astype(float)
 
     pure = render(primary, 0.0)
@@ -186,7 +186,7 @@ def test_build_world_reuses_cached_splits(spec, tmp_path, monkeypatch):
         assert_splits_equal(first[name], second[name])
 
     calls = []
-    monkeypatch.setattr(world, "generate_split", lambda *a, **k: calls.append(a[1:]) or generate_split(*a, **k))
+    monkeypatch.setattr(world.storage, "generate_split", lambda *a, **k: calls.append(a[1:]) or generate_split(*a, **k))
     build_world(spec, tmp_path, seed=1, sizes={"train": 200, "val": 60})  # a new size regenerates val only
     assert calls == [("val", 60, 1)]
     (base / "train" / "meta.json").write_text("{not json")  # a corrupt split is rebuilt
@@ -302,11 +302,11 @@ def test_sketch_draws_only_the_outline(spec):
 
 def test_hue_rotation_keeps_grey_and_turns_colours():
     grey = np.array([[100.0, 100.0, 100.0]])
-    np.testing.assert_allclose(world._rotate_hue(grey, 40.0), grey, atol=1e-9)
+    np.testing.assert_allclose(world.render._rotate_hue(grey, 40.0), grey, atol=1e-9)
     red = np.array([[200.0, 30.0, 30.0]])
-    turned = world._rotate_hue(red, 120.0)  # a third of the way round: red -> green
+    turned = world.render._rotate_hue(red, 120.0)  # a third of the way round: red -> green
     assert turned[0].argmax() == 1
-    np.testing.assert_allclose(world._rotate_hue(turned, -120.0), red, atol=1e-6)
+    np.testing.assert_allclose(world.render._rotate_hue(turned, -120.0), red, atol=1e-6)
 
 
 def test_unknown_domain_names_the_known_ones(spec, tmp_path):

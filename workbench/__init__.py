@@ -28,9 +28,11 @@ _EXPORTS = {
     "run_experiment": "experiment", "run_step": "experiment", "prepare_task": "task", "run_images": "task",
     # looking at a run
     "analyze_run": "analysis", "analyze_predictions": "analysis", "compare_run_dirs": "analysis",
-    "ManifoldExplorer": "explorer", "load_run": "explorer", "ambiguity_gallery": "viz",
+    "ManifoldExplorer": "explorer", "load_run": "explorer", "ambiguity_gallery": "viz", "RunDir": "runs",
+    # notebooks
+    "start": "notebook",
     # sweeps
-    "load_spec": "pipeline", "run_pipeline": "pipeline", "submit_pipeline": "pipeline", "build_report": "pipeline",
+    "load_spec": "sweeps", "run_pipeline": "sweeps", "submit_pipeline": "sweeps", "build_report": "sweeps",
 }
 
 __all__ = ["__version__", *_EXPORTS]

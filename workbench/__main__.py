@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from .runs import RunDir
 
 
 def quickstart(args: argparse.Namespace) -> Path:
     """Execute notebooks/00_quickstart.ipynb into a fresh run directory and print its results."""
     from .evaluation import markdown_table
-    from .pipeline import NOTEBOOK_DIR, run_notebook
+    from .sweeps import NOTEBOOK_DIR, run_notebook
     from .regime import regime_table
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / time.strftime("quickstart-%Y%m%d-%H%M%S")
@@ -20,7 +21,7 @@ def quickstart(args: argparse.Namespace) -> Path:
                   "world_seed": args.world_seed, "device": args.device, "cache_dir": str(Path(args.cache_dir).resolve())}
     start = time.perf_counter()
     run_notebook(NOTEBOOK_DIR / "00_quickstart.ipynb", run_dir, parameters)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = RunDir(run_dir).read("metrics")
     print(markdown_table(metrics["models"], {"base_acc": "base", "new_acc": "new", "hm": "HM", "colour_acc": "colour",
                                              "shape_acc": "shape"}, scale=100, digits=1))
     domains = metrics["domains"]
@@ -45,7 +46,7 @@ def docs(args: argparse.Namespace) -> Path:
     executed = run_dir / "00_quickstart.ipynb"
     if not executed.is_file():
         raise SystemExit(f"error: {executed} is missing: --run-dir must name a quickstart run directory")
-    if json.loads((run_dir / "parameters.json").read_text())["parameters"].get("smoke"):
+    if RunDir(run_dir).read("parameters")["parameters"].get("smoke"):
         raise SystemExit(f"error: {run_dir} is a smoke run; the docs show the full preset")
     out = Path(args.out_dir) / "00_quickstart.ipynb"
     counts = render_for_code_host(executed, out)
@@ -57,11 +58,11 @@ def docs(args: argparse.Namespace) -> Path:
 def train(args: argparse.Namespace) -> Path:
     """Run one distillation experiment from a config file into a run directory."""
     from .experiment import experiment_config, run_experiment
-    from .train import distributed_rank, init_distributed, select_device
+    from .device import distributed_rank, init_distributed, select_device
 
     config = experiment_config(args.config, **_overrides(args.set))
-    if args.resume and args.run_dir and not (Path(args.run_dir) / "checkpoint.pt").is_file():
-        finished = (Path(args.run_dir) / "metrics.json").is_file()
+    if args.resume and args.run_dir and not RunDir(args.run_dir).has("checkpoint"):
+        finished = RunDir(args.run_dir).has("metrics")
         raise SystemExit(f"error: --resume: {args.run_dir} holds no checkpoint.pt"
                          + (" (the run finished; its results are in metrics.json)" if finished else
                             " (no epoch of a run there has finished); start it without --resume"))
@@ -120,7 +121,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _load(args: argparse.Namespace):
-    from .pipeline import SpecError, load_spec
+    from .sweeps import SpecError, load_spec
 
     try:
         return load_spec(args.spec, overrides=_overrides(args.set), output=args.output or None)
@@ -130,7 +131,7 @@ def _load(args: argparse.Namespace):
 
 def pipeline_run(args: argparse.Namespace) -> int:
     """Execute the missing, failed and interrupted runs of a spec; exit status 1 if one of them failed."""
-    from .pipeline import run_pipeline, submit_pipeline
+    from .sweeps import run_pipeline, submit_pipeline
 
     spec = _load(args)
     if args.executor != "local":
@@ -169,7 +170,7 @@ def _pipeline_submit(args: argparse.Namespace, spec, submit_pipeline) -> int:
     if result.jobs:
         import shlex
 
-        from .pipeline import SUBMITIT_DIR
+        from .sweeps import SUBMITIT_DIR
 
         same = "".join(f" --set {shlex.quote(s)}" for s in args.set) + (
             f" --output {shlex.quote(args.output)}" if args.output else "")
@@ -194,7 +195,7 @@ def _print_result(result, spec) -> int:
 
 def pipeline_plan(args: argparse.Namespace) -> int:
     """Print every selected run of a spec with its index and state; runs nothing."""
-    from .pipeline import plan
+    from .sweeps import plan
 
     spec = _load(args)
     try:
@@ -212,7 +213,7 @@ def pipeline_plan(args: argparse.Namespace) -> int:
 
 def pipeline_index(args: argparse.Namespace) -> int:
     """Rebuild <dir>/index.csv from the run directories."""
-    from .pipeline import collect_runs, write_index
+    from .sweeps import collect_runs, write_index
 
     if not Path(args.dir).is_dir():
         raise SystemExit(f"error: {args.dir} is not a directory")
@@ -228,7 +229,7 @@ def pipeline_report(args: argparse.Namespace) -> int:
     """Write summary.csv, paired.csv and report.html for the runs of a pipeline output directory."""
     import dataclasses
 
-    from .pipeline import ReportSettings, build_report
+    from .sweeps import ReportSettings, build_report
     from .runs import read_json
 
     directory = Path(args.dir)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .image_sources import array_fingerprint, as_source, in_order  # noqa: F401  (cache.array_fingerprint)
-from .train import autocast
+from .device import autocast
 
 
 def model_fingerprint(model: nn.Module) -> str:

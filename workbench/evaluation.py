@@ -99,7 +99,7 @@ def zero_shot_manifest(name: str, manifest, pretrained: str | None = None, split
     from . import data
     from .models import cached_class_vectors, load_model
     from .protocol import base_new_split
-    from .train import autocast, select_device
+    from .device import autocast, select_device
 
     if not isinstance(manifest, data.Manifest):
         manifest = data.load_manifest(manifest)

@@ -190,19 +190,19 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     from . import models, recipes
     from .cache import cached_image_features
     from .loggers import metric_scalars, run_views
-    from .runs import create_run_dir, environment_info, read_json, write_json
+    from .device import distributed_rank, select_device
+    from .runs import RunDir, environment_info
     from .task import prepare_task
-    from .train import distributed_rank, select_device
 
     rank, world_size = distributed_rank()
-    stored = Path(run_dir) / "config.json"
-    if resume and stored.is_file():  # a run directory never describes a run that did not happen
-        differ = differences(read_json(stored), json.loads(json.dumps(dataclasses.asdict(config))),
+    run = RunDir(run_dir)
+    if resume and run.has("config"):  # a run directory never describes a run that did not happen
+        differ = differences(run.read("config"), json.loads(json.dumps(dataclasses.asdict(config))),
                              ignore=("device", "loggers"))
         if differ:
             raise ConfigError(f"cannot resume {run_dir}: it holds a run of another config; nothing was changed. "
                               f"Differing settings (stored → requested): {'; '.join(differ)}")
-    if not resume and Path(run_dir).is_dir() and any(Path(run_dir).iterdir()):
+    if not resume and run.path.is_dir() and any(run.path.iterdir()):
         raise FileExistsError(f"run directory {run_dir} already exists and is not empty; choose another name, "
                               "or resume it")
     device = select_device(config.device)
@@ -211,12 +211,12 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     if config.teacher_tuning.enabled:
         task = _rank_zero_first(lambda: _with_tuned_teacher(task, config, device))
     if rank == 0:
-        run_dir = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=resume)
-        if not stored.is_file():  # a resumed run keeps the record of how it started
-            write_json(run_dir / "config.json", dataclasses.asdict(config))
-            write_json(run_dir / "environment.json", {**environment_info(), "world_size": world_size})
-        write_json(run_dir / "dataset.json", task.description)
-    run_dir = Path(run_dir)
+        started = run.has("config")  # a resumed run keeps the record of how it started
+        run = RunDir.create(run.path.parent, run.path.name, overwrite=resume)
+        if not started:
+            run.write("config", dataclasses.asdict(config))
+            run.write("environment", {**environment_info(), "world_size": world_size})
+        run.write("dataset", task.description)
     student = task.student
 
     settings = dataclasses.replace(config.distill, optim=dataclasses.replace(config.distill.optim, seed=config.seed))
@@ -229,9 +229,9 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
     targets = recipes.TeacherTargets(train_features, teacher_scale, model=task.teacher,
                                      preprocess_cfg=models.preprocess_cfg(task.teacher))
     # The run's views of its training log (TensorBoard, W&B), rank 0's only; fit writes to them too.
-    with run_views(config.loggers, run_dir, enabled=rank == 0, config=dataclasses.asdict(config)) as views:
+    with run_views(config.loggers, run.path, enabled=rank == 0, config=dataclasses.asdict(config)) as views:
         result = recipes.distill(student, task.train_images, targets, task.teacher_vectors, settings, device,
-                                 log_path=run_dir / "train.jsonl", checkpoint_path=run_dir / "checkpoint.pt",
+                                 log_path=run.log, checkpoint_path=run.checkpoint,
                                  progress=progress, train_classes=task.train_classes, labels=task.train_labels,
                                  validation=task.validation, base_test=task.base_test,
                                  vocabulary=task.vocabulary[0] if task.vocabulary else None,
@@ -240,13 +240,13 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
         history = result.history
         if rank != 0:  # training was shared; evaluation and every file are rank 0's
             return {}
-        models.save_weights(student, run_dir / "student.safetensors", metadata={"recipe": settings.recipe})
+        models.save_weights(student, run.student, metadata={"recipe": settings.recipe})
         added = recipe_modules(result)
         if added:
-            models.save_tensors(added, run_dir / "recipe_modules.safetensors", metadata={"recipe": settings.recipe})
+            models.save_tensors(added, run.recipe_modules, metadata={"recipe": settings.recipe})
 
         primary, *transfer = task.evaluations
-        stats = evaluate_set(result, task.teacher, primary, teacher_cache, device, run_dir=run_dir,
+        stats = evaluate_set(result, task.teacher, primary, teacher_cache, device, run=run,
                              teacher_fingerprint=task.teacher_fingerprint)
         metrics = {"dataset": task.dataset, "protocol": task.protocol, "skipped_images": stats.pop("skipped_images")}
         if primary.base is not None:
@@ -262,7 +262,7 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
                         "final_manifold_entropy": history[-1].get("manifold_entropy") if history else None})
         if views is not None:  # after the last step: a later resume purges and rewrites them
             views.scalars(metric_scalars(metrics), step=len(history))
-    write_json(run_dir / "metrics.json", metrics)
+    run.write("metrics", metrics)
     return metrics
 
 
@@ -283,13 +283,13 @@ def _with_tuned_teacher(task, config: ExperimentConfig, device: torch.device):
 
 
 def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch.device,
-                 run_dir: Path | None = None, teacher_fingerprint: str | None = None) -> dict:
+                 run=None, teacher_fingerprint: str | None = None) -> dict:
     """Analysis metrics of a distilled student on one evaluation set (base / new / HM or accuracy).
 
     The student is scored against its own class vectors (the teacher's for recipes that project into
     the teacher's space); the teacher's cached features of the same images give the teacher-side
     columns. ``skipped_images`` counts unreadable images left out (``on_error: skip``). With
-    ``run_dir`` the per-sample table and the embeddings are written there.
+    ``run`` (a :class:`workbench.runs.RunDir`) the per-sample table and the embeddings are written there.
     """
     from . import analysis
     from .cache import cached_image_features
@@ -311,8 +311,8 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
         base_classes=evaluation.base, new_classes=evaluation.new, true_ambiguity=ambiguity,
         class_names=evaluation.class_names, true_partner=partner)
     stats["skipped_images"] = int(len(evaluation.labels) - len(kept))
-    if run_dir is not None:
-        analysis.write_table(table, run_dir / "samples.csv")
+    if run is not None:
+        analysis.write_table(table, run.samples)
         # What the explorer and analyze_run need without the models: row i is test image kept[i].
         arrays = dict(image_features=features.numpy(), text_features=vectors.numpy(), logits=logits.numpy(),
                       teacher_features=teacher_features.numpy(), teacher_logits=teacher_logits.numpy(),
@@ -324,7 +324,7 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
             arrays["true_ambiguity"] = ambiguity
         if partner is not None:
             arrays["true_partner"] = partner
-        write_arrays(run_dir / "embeddings.npz", **arrays)
+        write_arrays(run.embeddings, **arrays)
     return stats
 
 
@@ -336,7 +336,7 @@ def recipe_modules(result) -> dict:
 
 def _rank_zero_first(build):
     """``build()`` on rank 0, then on the other ranks (which then read what rank 0 cached); no-op outside DDP."""
-    from .train import collective, distributed_rank, working_alone
+    from .device import collective, distributed_rank, working_alone
 
     rank, world_size = distributed_rank()
     if world_size == 1:
@@ -373,7 +373,7 @@ def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, 
     """
     import time
 
-    from .runs import create_run_dir, read_json, write_json
+    from .runs import RunDir
 
     settings = {k: v for k, v in settings.items() if v is not None}
     if smoke:
@@ -383,14 +383,13 @@ def run_step(run_dir: str | os.PathLike, config: str = "", smoke: bool = False, 
         # Image files with the embedded pair: the whole real-data path on a CPU, without downloaded weights.
         experiment = dataclasses.replace(experiment, model_pair="embedded", teacher=None, student=None, workers=0,
                                          device="auto")
-    run_path = create_run_dir(Path(run_dir).parent, Path(run_dir).name, overwrite=overwrite_run_dir)
-    target = run_path / "experiment"
-    previous = target / "config.json"
-    resume = previous.is_file() and read_json(previous) == json.loads(json.dumps(dataclasses.asdict(experiment)))
+    step = RunDir.create(Path(run_dir).parent, Path(run_dir).name, overwrite=overwrite_run_dir)
+    target = RunDir(step / RunDir.EXPERIMENT)
+    resume = target.has("config") and target.read("config") == json.loads(json.dumps(dataclasses.asdict(experiment)))
     start = time.perf_counter()
-    metrics = run_experiment(experiment, target, resume=resume)
+    metrics = run_experiment(experiment, target.path, resume=resume)
     metrics = {**metrics, "seconds": round(time.perf_counter() - start, 2)}
-    write_json(run_path / "metrics.json", metrics)
+    step.write("metrics", metrics)
     return metrics
 
 
@@ -401,15 +400,15 @@ def run_or_load(config: ExperimentConfig, run_dir: str | os.PathLike) -> tuple[d
     another config (the device aside, which does not change what a run is) raises ``ValueError``
     naming the settings that differ.
     """
-    from .runs import read_json
+    from .runs import RunDir
 
-    path = Path(run_dir)
-    if (path / "config.json").is_file():
-        differ = differences(read_json(path / "config.json"), json.loads(json.dumps(dataclasses.asdict(config))),
+    run = RunDir(run_dir)
+    if run.has("config"):
+        differ = differences(run.read("config"), json.loads(json.dumps(dataclasses.asdict(config))),
                              ignore=("device", "loggers"))
         if differ:
-            raise ValueError(f"{path} holds a run of another config ({', '.join(differ)} differ); "
+            raise ValueError(f"{run.path} holds a run of another config ({', '.join(differ)} differ); "
                              "choose another run_dir or remove it")
-    if (path / "metrics.json").is_file():
-        return read_json(path / "metrics.json"), "loaded"
-    return run_experiment(config, path, resume=(path / "config.json").is_file()), "trained"
+    if run.has("metrics"):
+        return run.read("metrics"), "loaded"
+    return run_experiment(config, run.path, resume=run.has("config")), "trained"

@@ -29,9 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import viz
-
-EMBEDDINGS_FILE = "embeddings.npz"  # image_features (N, D), text_features (C, D), optional logits (N, C)
-TABLE_FILE = "samples.csv"  # per-sample table, row i = image i
+from .runs import RunDir
 
 
 @dataclass
@@ -71,30 +69,32 @@ class RunData:
                 raise ValueError(f"logits must have shape ({n}, {len(self.text_features)}); got {self.logits.shape}")
 
 
-def save_run_embeddings(run_dir: str | os.PathLike, image_features, text_features, logits=None,
-                        name: str = EMBEDDINGS_FILE) -> Path:
-    """Write the embeddings (and optionally logits) the explorer reads into ``run_dir/name``."""
+def save_run_embeddings(run_dir: str | os.PathLike, image_features, text_features, logits=None) -> Path:
+    """Write the embeddings (and optionally logits) the explorer reads into the run directory."""
     from .runs import write_arrays
 
-    path = Path(run_dir) / name
+    path = RunDir(run_dir).embeddings
     write_arrays(path, image_features=np.asarray(image_features, dtype=np.float32),
                  text_features=np.asarray(text_features, dtype=np.float32),
                  logits=None if logits is None else np.asarray(logits, dtype=np.float32))
     return path
 
 
-def load_run(run_dir: str | os.PathLike, embeddings: str = EMBEDDINGS_FILE, table: str = TABLE_FILE) -> RunData:
-    """Read ``run_dir/embeddings`` (:func:`save_run_embeddings`) and ``run_dir/table`` into a :class:`RunData`."""
+def load_run(run_dir: str | os.PathLike) -> RunData:
+    """A run's embeddings (:func:`save_run_embeddings`) and per-sample table as a :class:`RunData`.
+
+    ``run_dir`` is a run directory or a pipeline step holding one (its ``experiment/``).
+    """
     from .analysis import read_table
 
-    run_dir = Path(run_dir)
-    for name in (embeddings, table):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir} has no {name}; the explorer needs {embeddings} "
-                                    f"(workbench.explorer.save_run_embeddings) and {table} (workbench.analysis.write_table)")
-    with np.load(run_dir / embeddings, allow_pickle=False) as data:
+    run = RunDir.find(run_dir, needs="embeddings")
+    if not run.has("samples"):
+        raise FileNotFoundError(f"{run.path} has no {run.samples.name}; the explorer needs {run.embeddings.name} "
+                                f"(workbench.explorer.save_run_embeddings) and {run.samples.name} "
+                                "(workbench.analysis.write_table)")
+    with np.load(run.embeddings, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    return RunData(arrays["image_features"], arrays["text_features"], read_table(run_dir / table), arrays.get("logits"))
+    return RunData(arrays["image_features"], arrays["text_features"], read_table(run.samples), arrays.get("logits"))
 
 
 def _as_runs(runs) -> dict[str, RunData]:
@@ -276,7 +276,7 @@ class ManifoldExplorer:
         image_xy, text_xy = self.coordinates()
         table = self.current.table
         mask = self.visible_mask()
-        rows = viz._visible_rows(table, mask, self.max_points, self.seed)
+        rows = viz.visible_rows(table, mask, self.max_points, self.seed)
         images = viz.image_trace(image_xy, table, self.class_names, self.colour_by.value, rows,
                                  self.base_classes, self.class_colours, class_symbols=self.class_symbols)
         texts = viz.text_trace(text_xy, self.class_names, self.class_colours, class_symbols=self.class_symbols)
@@ -287,9 +287,9 @@ class ManifoldExplorer:
 
         images, texts, _, _ = self._traces()
         fig = go.Figure([images, texts])
-        viz._hide_axes(fig)
+        viz.hide_axes(fig)
         fig.update_layout(template="plotly_white", width=850, height=650, uirevision="explorer",
-                          margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend=viz._LEGEND_BELOW,
+                          margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend=viz.LEGEND_BELOW,
                           clickmode="event")
         return fig
 

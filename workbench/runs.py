@@ -15,6 +15,89 @@ TRACKED_PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "
                     "plotly", "scikit-learn", "papermill")
 
 
+class RunDir:
+    """One run directory, and the one place that names its files.
+
+    Every writer and reader of a run (experiment, analysis, explorer, sweeps, command line) takes its
+    file names from here: ``RunDir("runs/my-run").metrics`` is ``runs/my-run/metrics.json``. A pipeline
+    step keeps its experiment in ``<step>/experiment/``; :meth:`find` resolves a step to it.
+    """
+
+    FILES = {
+        "config": "config.json",  # the resolved experiment config
+        "environment": "environment.json",  # Python, packages, accelerator, git commit
+        "parameters": "parameters.json",  # a notebook step's parameters
+        "dataset": "dataset.json",  # what the run trained and tested on
+        "status": "status.json",  # a pipeline step's state, timings and error
+        "job": "job.json",  # the cluster job that executes a submitted step
+        "metrics": "metrics.json",  # the results; its presence means the run finished
+        "log": "train.jsonl",  # one JSON record per logged training step
+        "checkpoint": "checkpoint.pt",  # model, optimizer and AME state for exact resume
+        "student": "student.safetensors",  # the distilled student's weights
+        "recipe_modules": "recipe_modules.safetensors",  # modules a recipe adds to the student (prompts, heads)
+        "samples": "samples.csv",  # the per-sample table of the test set, row i = image i
+        "embeddings": "embeddings.npz",  # test-set features, class vectors, logits, labels
+        "analysis": "analysis.json",  # analyze_run's metrics
+        "analysis_samples": "analysis_samples.csv",  # analyze_run's per-sample table
+    }
+    EXPERIMENT = "experiment"  # a pipeline step's experiment, inside the step's directory
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __getattr__(self, name: str) -> Path:
+        files = type(self).FILES
+        if name in files:
+            return self.path / files[name]
+        raise AttributeError(f"RunDir has no file or attribute {name!r}; its files: {', '.join(files)}")
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __truediv__(self, other) -> Path:
+        return self.path / other
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RunDir) and self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def has(self, name: str) -> bool:
+        """Whether the file called ``name`` (a key of :attr:`FILES`) exists."""
+        return getattr(self, name).is_file()
+
+    def read(self, name: str):
+        """The JSON file called ``name``; a missing file is an error naming the run and what writes it."""
+        path = getattr(self, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path} has no {path.name}: not a finished run, or not a run directory")
+        return read_json(path)
+
+    def write(self, name: str, data) -> Path:
+        """Write the JSON file called ``name`` atomically."""
+        return write_json(getattr(self, name), data)
+
+    @classmethod
+    def find(cls, path: str | os.PathLike, needs: str = "embeddings") -> "RunDir":
+        """The run holding file ``needs``: ``path`` itself, or the experiment inside a pipeline step at ``path``."""
+        path = Path(path)
+        for candidate in (cls(path), cls(path / cls.EXPERIMENT)):
+            if candidate.has(needs):
+                return candidate
+        name = cls.FILES[needs]
+        raise FileNotFoundError(f"{path} holds no {name} (nor does {path / cls.EXPERIMENT}); "
+                                "is it the directory of a finished run?")
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, name: str | None = None, overwrite: bool = False) -> "RunDir":
+        """A new run directory ``root/name`` (see :func:`create_run_dir`)."""
+        return cls(create_run_dir(root, name, overwrite=overwrite))
+
+
 def umask_mode(directory: bool = False) -> int:
     """The mode a new file (or directory) gets under the process's umask: what atomic writes restore.
 

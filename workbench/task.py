@@ -409,16 +409,13 @@ def run_images(run_dir: str | os.PathLike):
     files (loaded lazily, one thumbnail at a time).
     """
     from .image_sources import FileThumbnails
-    from .runs import read_json
+    from .runs import RunDir
 
-    run_dir = Path(run_dir)
-    path = next((p for p in (run_dir / "dataset.json", run_dir / "experiment" / "dataset.json") if p.is_file()), None)
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} holds no dataset.json (written by workbench.experiment.run_experiment)")
-    info = read_json(path)
+    run = RunDir.find(run_dir, needs="dataset")
+    info = run.read("dataset")
     kept = None  # rows of samples.csv: the test images that were readable
-    if (path.parent / "embeddings.npz").is_file():
-        with np.load(path.parent / "embeddings.npz") as arrays:
+    if run.has("embeddings"):
+        with np.load(run.embeddings) as arrays:
             kept = arrays["image_index"] if "image_index" in arrays else None
     if info["kind"] == EMBEDDED_WORLD:
         from . import world

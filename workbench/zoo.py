@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .image_sources import images_to_device, normalize_images
 from .models import create_embedded_model, encode_texts, load_model_config, load_weights, save_weights
-from .train import OptimConfig, Timer, fit, images_to_device, normalize_images, result_settings
+from .train import OptimConfig, Timer, fit, result_settings
 
 
 @dataclass

@@ -13,9 +13,9 @@ import nbformat
 import pytest
 import yaml
 
-from workbench import pipeline
+from workbench import sweeps
 from workbench.__main__ import main
-from workbench.pipeline import (PipelineSpec, SpecError, build_report, load_spec, plan, run_pipeline, select_runs,
+from workbench.sweeps import (PipelineSpec, SpecError, build_report, load_spec, plan, run_pipeline, select_runs,
                                 write_index)
 
 TINY_PARAMETERS = """w = 0  # the swept parameter (plays omega)
@@ -149,7 +149,7 @@ def test_yaml_spec_overrides_and_shipped_specs(tiny, tmp_path):
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(path)
 
-    shipped = {name: load_spec(pipeline.REPO_ROOT / "pipelines" / f"{name}.yaml")
+    shipped = {name: load_spec(sweeps.REPO_ROOT / "pipelines" / f"{name}.yaml")
                for name in ("quickstart", "ame_ablation", "benchmark_11", "recipe_table")}
     assert len(shipped["quickstart"].runs()) == 3
     ablation = shipped["ame_ablation"]
@@ -160,7 +160,7 @@ def test_yaml_spec_overrides_and_shipped_specs(tiny, tmp_path):
     table = shipped["recipe_table"]
     assert len(table.runs()) == 5 * 3 * 2 * 3 and table.in_process
     for config in table.grid["config"]:  # every recipe config exists and parses
-        assert (pipeline.REPO_ROOT / config).is_file(), config
+        assert (sweeps.REPO_ROOT / config).is_file(), config
 
 
 def test_shards_partition_the_grid(tiny, tmp_path):
@@ -177,13 +177,13 @@ def test_shards_partition_the_grid(tiny, tmp_path):
 
 def test_code_version_follows_code_cells_only(tmp_path):
     a = write_notebook(tmp_path / "a.ipynb")
-    version = pipeline.code_version(a)
+    version = sweeps.code_version(a)
     notebook = json.loads(a.read_text())
     notebook["cells"][1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "hi"}]
     notebook["cells"][1]["execution_count"] = 3
     a.write_text(json.dumps(notebook))
-    assert pipeline.code_version(a) == version
-    assert pipeline.code_version(write_notebook(tmp_path / "b.ipynb", body=TINY_BODY + "\n1")) != version
+    assert sweeps.code_version(a) == version
+    assert sweeps.code_version(write_notebook(tmp_path / "b.ipynb", body=TINY_BODY + "\n1")) != version
 
 
 # ----------------------------------------------------------------------------- execution
@@ -384,7 +384,7 @@ def submitted(tiny, tmp_path_factory):
     seen = {"spec": spec, "output": root / "out", "ids": [r.run_id for r in spec.runs()]}
     lines = lambda: counter.read_text().splitlines() if counter.exists() else []  # noqa: E731
     flag.write_text("fail")
-    seen["first"] = pipeline.submit_pipeline(spec, executor="submitit-local", wait=True, version="v1", progress=False)
+    seen["first"] = sweeps.submit_pipeline(spec, executor="submitit-local", wait=True, version="v1", progress=False)
     seen["first_lines"] = sorted(lines())
     seen["first_states"] = [p.state for p in plan(spec, version="v1")]
     seen["first_status"] = {rid: json.loads((root / "out" / rid / "status.json").read_text()) for rid in seen["ids"]}
@@ -401,14 +401,14 @@ def submitted(tiny, tmp_path_factory):
     before = len(lines())
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as patch:  # through the command line
-        patch.setattr(pipeline, "code_version", lambda notebook, digest=None: "v1")  # as version="v1" does
+        patch.setattr(sweeps.state, "code_version", lambda notebook, digest=None: "v1")  # as version="v1" does
         seen["second_exit"] = main(["pipeline", "run", str(path), "--executor", "submitit-local", "--quiet"])
     seen["second_out"] = out.getvalue()
     seen["second_lines"] = lines()[before:]
     seen["second_status"] = json.loads((root / "out" / "w=5__seed=1" / "status.json").read_text())
     seen["second_job"] = json.loads((root / "out" / "w=5__seed=1" / "job.json").read_text())
-    seen["third"] = pipeline.submit_pipeline(load_spec(path), executor="submitit-local", wait=True,
-                                             progress=False, version="v1")
+    seen["third"] = sweeps.submit_pipeline(load_spec(path), executor="submitit-local", wait=True,
+                                           progress=False, version="v1")
     seen["final_states"] = [p.state for p in plan(spec, version="v1")]
     return seen
 
@@ -488,9 +488,9 @@ def test_submitit_submission_refused_before_anything_is_written(tiny, tmp_path, 
     assert spec.cluster.submitit_parameters("tiny")["slurm_account"] == "lab"
     overridden = r"^tiny.yaml \(with cluster overrides \['timeout_min'\]\): cluster.timeout_min"
     with pytest.raises(SpecError, match=overridden):
-        pipeline.submit_pipeline(spec, executor="submitit-local", cluster={"timeout_min": -1})
+        sweeps.submit_pipeline(spec, executor="submitit-local", cluster={"timeout_min": -1})
     with pytest.raises(ValueError, match="executor must be one of"):
-        pipeline.submit_pipeline(spec, executor="pbs")
+        sweeps.submit_pipeline(spec, executor="pbs")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec_data(tiny, tmp_path / "out"), sort_keys=False))
     with pytest.raises(SystemExit, match="cluster.gpus_per_node: expected an integer"):
@@ -502,7 +502,7 @@ def test_submitit_submission_refused_before_anything_is_written(tiny, tmp_path, 
             main(["pipeline", "run", str(path), "--executor", "slurm"])
     monkeypatch.setitem(__import__("sys").modules, "submitit", None)
     with pytest.raises(ImportError, match=r"needs the submitit package \(pip install 'submitit>=1.5'"):
-        pipeline.submit_pipeline(spec, executor="slurm")
+        sweeps.submit_pipeline(spec, executor="slurm")
     assert not (tmp_path / "out").exists()
 
 
@@ -516,20 +516,20 @@ def test_submitit_queued_runs_count_as_running_while_their_job_lives(tiny, tmp_p
     run_dir.mkdir(parents=True)
     (run_dir / "status.json").write_text(json.dumps({"status": "queued", "run_id": IDS[0]}))
     run = spec.runs()[0]
-    assert pipeline.run_state(run, spec.output, "v1") == ("incomplete", "status 'queued' (interrupted)")
+    assert sweeps.run_state(run, spec.output, "v1") == ("incomplete", "status 'queued' (interrupted)")
     (run_dir / "job.json").write_text(json.dumps({"executor": "submitit-local", "job_id": str(os.getpid()),
                                                   "host": platform.node()}))
-    assert pipeline.run_state(run, spec.output, "v1")[0] == "running"
+    assert sweeps.run_state(run, spec.output, "v1")[0] == "running"
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (run_dir / "job.json").write_text(json.dumps({"executor": "submitit-local", "job_id": finished.stdout.strip(),
                                                   "host": platform.node()}))
-    assert pipeline.run_state(run, spec.output, "v1")[0] == "incomplete"
+    assert sweeps.run_state(run, spec.output, "v1")[0] == "incomplete"
     (run_dir / "job.json").write_text(json.dumps({"executor": "slurm", "job_id": "123_4"}))
-    assert pipeline.run_state(run, spec.output, "v1", {"123_4": "PENDING"}) == ("running", "job 123_4 PENDING")
-    state, detail = pipeline.run_state(run, spec.output, "v1", {"123_4": "CANCELLED by 0"})
+    assert sweeps.run_state(run, spec.output, "v1", {"123_4": "PENDING"}) == ("running", "job 123_4 PENDING")
+    state, detail = sweeps.run_state(run, spec.output, "v1", {"123_4": "CANCELLED by 0"})
     assert state == "incomplete" and "job 123_4 CANCELLED by 0" in detail
-    assert pipeline.run_state(run, spec.output, "v1")[0] == "incomplete"  # unknown to the scheduler: ended
-    assert pipeline._submitted_jobs(spec.runs(), spec.output) == ["123_4"]
+    assert sweeps.run_state(run, spec.output, "v1")[0] == "incomplete"  # unknown to the scheduler: ended
+    assert sweeps.state._submitted_jobs(spec.runs(), spec.output) == ["123_4"]
 
 
 def test_submitit_slurm_array_gets_the_spec_resources_and_resubmits_lost_runs(tiny, tmp_path, monkeypatch, capsys):
@@ -550,7 +550,7 @@ def test_submitit_slurm_array_gets_the_spec_resources_and_resubmits_lost_runs(ti
                      cluster={"gpus_per_node": 1, "timeout_min": 720, "partition": "gpu", "extra": {"account": "lab"}})
     spec = PipelineSpec.from_dict(data, origin="tiny.yaml")
     ids = [r.run_id for r in spec.runs()]
-    result = pipeline.submit_pipeline(spec, executor="slurm", version="v1", progress=False)
+    result = sweeps.submit_pipeline(spec, executor="slurm", version="v1", progress=False)
     assert result.jobs == {rid: f"4242_{i}" for i, rid in enumerate(ids)} and result.executed == {}
     assert result.summary() == "3 runs selected; 0 already done (skipped); submitted 3 as slurm jobs"
     sbatch = (tmp_path / "sbatch.0.sh").read_text()
@@ -567,7 +567,7 @@ def test_submitit_slurm_array_gets_the_spec_resources_and_resubmits_lost_runs(ti
     # submitting again (command line, no --wait) resubmits the cancelled run alone and says how to follow it
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    monkeypatch.setattr(pipeline, "code_version", lambda notebook, digest=None: "v1")
+    monkeypatch.setattr(sweeps.state, "code_version", lambda notebook, digest=None: "v1")
     capsys.readouterr()
     assert main(["pipeline", "run", str(path), "--executor", "slurm", "--cluster", "timeout_min=30"]) == 0
     out = capsys.readouterr().out
