@@ -1,6 +1,7 @@
 """The package's shape: no import cycle between its modules (imports inside functions included)."""
 
 import ast
+import os
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
@@ -106,3 +107,30 @@ def test_the_public_names_resolve_to_their_modules_and_the_package_imports_cheap
         assert "no attribute 'NoSuchName'" in str(err)
     else:
         raise AssertionError("unknown names must raise AttributeError")
+
+
+def test_an_installed_wheel_carries_the_data_manifests(tmp_path):
+    """A non-editable install finds the world, the benchmark specs and the vocabularies without the checkout."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = PACKAGE.parent
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
+                            "-w", str(tmp_path / "dist"), str(root)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    wheel = zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl")))
+    shipped = {p.relative_to(root).as_posix() for p in (root / "data_manifests").rglob("*") if p.is_file()}
+    assert len(shipped) > 15
+    assert {f"workbench/{name}" for name in shipped} <= set(wheel.namelist())
+    wheel.extractall(tmp_path / "site")
+    probe = ("import workbench, workbench.data as d, workbench.task as t, workbench.world as w; "
+             "print(workbench.__file__); print(len(w.load_world_spec().class_names)); print(len(d.list_specs())); "
+             "print(d.evaluation_sets('cross_dataset').source); print(len(t.read_vocabulary('embedded_generic', [])))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert done.returncode == 0, done.stderr
+    where, classes, specs, source, vocabulary = done.stdout.split()
+    assert where.startswith(str(tmp_path / "site"))  # the installed copy, not the checkout
+    assert int(classes) == 30 and int(specs) == len(list((root / "data_manifests" / "benchmarks").glob("*.yaml")))
+    assert source == "imagenet" and int(vocabulary) > 100

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import yaml
 
+# The dataset manifests: the checkout's top-level data_manifests/, reached through the package's link to it,
+# and copied into the package by a wheel, so that an installed workbench finds them without the repository.
+DATA_MANIFESTS = Path(__file__).resolve().parent / "data_manifests"
+
 
 def flatten(data, prefix: str = "") -> dict:
     """Nested mappings as one level, keys joined by ``/`` (``{"a": {"b": 1}}`` -> ``{"a/b": 1}``)."""

@@ -44,6 +44,8 @@ import torch
 import yaml
 from torch import nn
 
+from .config import DATA_MANIFESTS
+
 EMBEDDED_WORLD = "embedded_world"
 PROTOCOLS = ("base_to_new", "cross_dataset", "domain_generalization")
 IMAGEFOLDER = "imagefolder:"
@@ -91,7 +93,7 @@ class Task:
     vocabulary: tuple | None = None  # class-agnostic KDPL: (teacher (V, Dt), student (V, Ds) or None) vectors
 
 
-VOCABULARY_DIR = Path(__file__).resolve().parents[1] / "data_manifests" / "vocabularies"
+VOCABULARY_DIR = DATA_MANIFESTS / "vocabularies"
 
 
 def read_vocabulary(ref: str, class_names) -> list[str]:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from .manifest import (  # noqa: F401
     DATASETS_DIR, DEFAULT_TEMPLATES, EVALUATION_SETS_FILE, IMG_EXTENSIONS, ImageReadError, Manifest, ManifestError,
-    ON_ERROR, PathEscapeError, REPO_ROOT, SCHEMA_VERSION, SETTINGS, SPEC_DIR, STANDARD_SHOTS, SplitList,
+    ON_ERROR, PathEscapeError, SCHEMA_VERSION, SETTINGS, SPEC_DIR, STANDARD_SHOTS, SplitList,
     expand_path, load_manifest, make_manifest, manifest_from_dict, save_manifest, splits_checksum,
 )
 from .names import (  # noqa: F401

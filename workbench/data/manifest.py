@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..config import DATA_MANIFESTS
+
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SPEC_DIR = REPO_ROOT / "data_manifests" / "benchmarks"  # one build spec per benchmark dataset
-EVALUATION_SETS_FILE = REPO_ROOT / "data_manifests" / "evaluation_sets.yaml"
+SPEC_DIR = DATA_MANIFESTS / "benchmarks"  # one build spec per benchmark dataset
+EVALUATION_SETS_FILE = DATA_MANIFESTS / "evaluation_sets.yaml"
 DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"  # class names and templates as JSON
 SCHEMA_VERSION = 1
 STANDARD_SHOTS = (1, 2, 4, 8, 16, "all")  # the K of the few-shot benchmark

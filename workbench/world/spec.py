@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..config import DATA_MANIFESTS
 from .shapes import SHAPE_SDFS, SHAPE_SYMBOLS
 
 
 GENERATOR_VERSION = 1  # part of every fingerprint: bump it when rendering changes so caches rebuild
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "data_manifests" / "embedded_world.yaml"
+DEFAULT_MANIFEST = DATA_MANIFESTS / "embedded_world.yaml"
 TEXTURES = ("plain", "striped", "speckled", "checkered")  # every texture the renderer knows
 STYLES = ("filled", "outline")  # how a shape is drawn: its area, or only its edge (the "sketch" domain)
 # Generator fields a test domain may not change: a domain shows the same classes, at the same size.
@@ -303,7 +304,7 @@ def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
     Parameters
     ----------
     path : str or os.PathLike, optional
-        Manifest file; default ``<repo>/data_manifests/embedded_world.yaml``. Generator fields left
+        Manifest file; default ``data_manifests/embedded_world.yaml``. Generator fields left
         out of the file take the :class:`WorldSpec` defaults.
 
     Raises
