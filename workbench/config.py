@@ -115,6 +115,25 @@ def _convert(kind, value, origin: str, where: str):
     raise ConfigError(f"{origin}: {where} must be {expected}, got {value!r}{hint}")
 
 
+def check_names(data, valid, origin: str = "config", prefix: str = "", error: type[Exception] = ConfigError,
+                what: str = "setting", hint: str = "") -> None:
+    """Raise ``error`` naming every key of mapping ``data`` that is not in ``valid``; the one check of unknown keys.
+
+    The message names the file (``origin``), each unknown key with its dotted path (``prefix``, e.g.
+    ``"distill."``) and the closest valid name, then every valid name, e.g. ``bad.yaml: unknown setting
+    distill.ame_wieght (did you mean distill.ame_weight?); valid names: ...``. ``what`` is the noun
+    used for a key (``setting``, ``field``); ``hint`` is appended (where other keys belong).
+    """
+    valid = [str(name) for name in valid]
+    unknown = [str(k) for k in data if str(k) not in valid]
+    if not unknown:
+        return
+    close = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+    named = ", ".join(f"{prefix}{k}" + (f" (did you mean {prefix}{close[k][0]}?)" if close[k] else "") for k in unknown)
+    raise error(f"{origin}: unknown {what}{'s' if len(unknown) > 1 else ''} {named}; "
+                f"valid names: {', '.join(prefix + name for name in valid)}" + (f" {hint}" if hint else ""))
+
+
 def from_mapping(cls, data, origin: str = "config", prefix: str = ""):
     """An instance of dataclass ``cls`` from ``data`` (a mapping; None means all defaults).
 
@@ -128,13 +147,7 @@ def from_mapping(cls, data, origin: str = "config", prefix: str = ""):
         raise ConfigError(f"{origin}: {where} must be a mapping of settings (name: value), got "
                           f"{type(data).__name__} {data!r:.80}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [str(k) for k in data if k not in fields]
-    if unknown:
-        close = {k: difflib.get_close_matches(k, list(fields), n=1) for k in unknown}
-        named = ", ".join(f"{prefix}{k}" + (f" (did you mean {prefix}{close[k][0]}?)" if close[k] else "")
-                          for k in unknown)
-        raise ConfigError(f"{origin}: unknown setting{'s' if len(unknown) > 1 else ''} {named}; "
-                          f"valid names: {', '.join(prefix + name for name in fields)}")
+    check_names(data, fields, origin, prefix)
     hints = typing.get_type_hints(cls)
     values = {name: _convert(hints[name], value, origin, f"{prefix}{name}") for name, value in data.items()}
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import DATA_MANIFESTS
+from ..config import DATA_MANIFESTS, check_names
 
 
 logger = logging.getLogger(__name__)
@@ -247,9 +247,7 @@ def manifest_from_dict(doc, *, origin="<dict>", base_dir=None, verify_checksum: 
     if missing:
         raise ManifestError(f"{origin}: missing required field(s) {', '.join(repr(k) for k in missing)}; "
                             f"a manifest needs {', '.join(_REQUIRED)} (see docs/datasets.md)")
-    unknown = sorted(set(doc) - set(_REQUIRED) - set(_OPTIONAL))
-    if unknown:
-        raise ManifestError(f"{origin}: unknown field(s) {unknown}; allowed: {sorted(_REQUIRED + _OPTIONAL)}")
+    check_names(doc, _REQUIRED + _OPTIONAL, origin, error=ManifestError, what="field")
     if doc.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         _fail(origin, "schema_version", f"must be {SCHEMA_VERSION}, got {doc['schema_version']!r}")
     name = _check_str(doc, origin, "name", pattern=_NAME_RE)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import check_names
 from .builders import from_coop_split, from_fgvc_aircraft, from_image_folder
 from .manifest import EVALUATION_SETS_FILE, Manifest, ManifestError, SPEC_DIR, _fail, load_manifest, save_manifest
 from .names import class_names, prompt_templates, read_wnid_classnames
@@ -35,10 +36,10 @@ def load_spec(spec) -> dict:
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(doc, dict):
         raise ManifestError(f"{path}: expected a mapping at the top level")
+    check_names(doc, sorted(_SPEC_KEYS), path, error=ManifestError, what="field")
     missing = sorted({"name", "source", "licence", "root", "builder", "templates"} - set(doc))
-    unknown = sorted(set(doc) - _SPEC_KEYS)
-    if missing or unknown:
-        raise ManifestError(f"{path}: missing fields {missing}, unknown fields {unknown}")
+    if missing:
+        raise ManifestError(f"{path}: missing fields {missing}")
     if doc["builder"] not in _BUILDER_ARGS:
         _fail(path, "builder", f"must be one of {sorted(_BUILDER_ARGS)}, got {doc['builder']!r}")
     args = doc.get("args") or {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import check_names
 from .notebooks import IN_PROCESS_NOTEBOOK, IN_PROCESS_RUNNERS, REPO_ROOT, notebook_parameters
 
 
@@ -77,9 +78,7 @@ class ReportSettings:
         if any(isinstance(k, bool) for k in data):
             _fail(origin, "report", "a key reads as true/false (YAML 1.1 turns on/off/yes/no into booleans); "
                                     "the fields are off_value and on_value")
-        unknown = sorted(map(str, set(data) - set(known)))
-        if unknown:
-            _fail(origin, "report", f"unknown fields {unknown}; expected some of {known}")
+        check_names(data, known, origin, "report.", SpecError, "field")
         data = dict(data)
         if "metrics" in data:
             metrics = data["metrics"]
@@ -137,10 +136,8 @@ class ClusterSettings:
         if not isinstance(data, dict):
             _fail(origin, "cluster", f"expected a mapping, got {type(data).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(map(str, set(data) - set(known)))
-        if unknown:
-            _fail(origin, "cluster", f"unknown fields {unknown}; expected some of {known} "
-                                     "(other slurm parameters go under cluster.extra)")
+        check_names(data, known, origin, "cluster.", SpecError, "field",
+                    hint="(other slurm parameters go under cluster.extra)")
         data = dict(data)
 
         for name, minimum, optional in (("gpus_per_node", 0, False), ("timeout_min", 1, False),
@@ -250,9 +247,7 @@ class PipelineSpec:
         """
         if not isinstance(data, dict):
             raise SpecError(f"{origin}: expected a mapping of fields, got {type(data).__name__}")
-        unknown = sorted(set(map(str, data)) - set(SPEC_FIELDS))
-        if unknown:
-            _fail(origin, "top level", f"unknown fields {unknown}; expected some of {list(SPEC_FIELDS)}")
+        check_names(data, SPEC_FIELDS, origin, error=SpecError, what="field")
         name = data.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             _fail(origin, "name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import DATA_MANIFESTS
+from ..config import DATA_MANIFESTS, check_names
 from .shapes import SHAPE_SDFS, SHAPE_SYMBOLS
 
 
@@ -320,18 +320,13 @@ def load_world_spec(path: str | os.PathLike | None = None) -> WorldSpec:
         raise ValueError(f"{path}: expected a YAML mapping at the top level, got {type(doc).__name__}")
     if not isinstance(doc.get("name"), str):
         raise ValueError(f"{path}: field 'name' (the dataset's name) is missing or not a string")
-    unknown = set(doc) - _MANIFEST_KEYS
-    if unknown:
-        raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}; expected some of {sorted(_MANIFEST_KEYS)}")
+    check_names(doc, sorted(_MANIFEST_KEYS), path, error=ValueError, what="field")
     generator = doc.get("generator") or {}
     if not isinstance(generator, dict):
         raise ValueError(f"{path}: field 'generator' must be a mapping, got {generator!r}")
     spec_fields = {f.name for f in fields(WorldSpec)} - {"prompt_templates", "caption_templates", "class_order",
                                                          "domains", "vocabularies"}
-    unknown = set(generator) - spec_fields
-    if unknown:
-        raise ValueError(f"{path}: unknown keys in 'generator': {sorted(unknown)}; "
-                         f"expected some of {sorted(spec_fields)}")
+    check_names(generator, sorted(spec_fields), path, "generator.", ValueError, "field")
     values = {**generator, **{k: doc[k] for k in ("prompt_templates", "caption_templates", "classes", "domains",
                                                   "vocabularies") if k in doc}}
     if "classes" in values:
