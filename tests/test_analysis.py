@@ -11,7 +11,7 @@ from workbench.analysis import (alignment_metrics, ambiguity_agreement, ambiguit
                                 calibration_metrics, classification_metrics, compare_runs,
                                 effective_rank, entropy_trajectory, knn_agreement,
                                 paired_comparison, per_sample_table, rank_ambiguous, read_table,
-                                reliability_diagram, seed_summary, write_table)
+                                reliability_bins, seed_summary, write_table)
 
 
 def _softmax(x):
@@ -171,7 +171,7 @@ def test_perfectly_calibrated_predictor_has_zero_ece():
     predicted = np.where(correct == 1, 0, 1)
     logits = _logits_with_confidence(conf, predicted, 4)
     assert calibration_metrics(logits, y)["ece"] == pytest.approx(0, abs=1e-12)
-    diagram = reliability_diagram(logits, y)
+    diagram = reliability_bins(logits, y)
     assert diagram["count"].sum() == 20 and np.count_nonzero(diagram["count"]) == 2
     assert np.nanmax(np.abs(diagram["confidence"] - diagram["accuracy"])) < 1e-12
 

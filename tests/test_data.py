@@ -184,7 +184,7 @@ def test_specs_cover_the_benchmark():
     names = data.list_specs()
     assert len(names) == 15
     for name in names:
-        spec = data.load_spec(name)
+        spec = data.load_dataset_spec(name)
         assert spec["name"] == name and spec["root"].startswith("${WORKBENCH_DATA}/")
         assert data.prompt_templates(spec["templates"])
         if "classnames" in spec:

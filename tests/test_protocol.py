@@ -123,3 +123,24 @@ def test_evaluate_base_new_errors():
         evaluate_base_new(FEATURES, LABELS_4, CLASS_VECTORS, base, [2, 4])
     with pytest.raises(ValueError, match="no samples"):
         evaluate_base_new(FEATURES[:2], LABELS_4[:2], CLASS_VECTORS, base, new)
+
+
+def test_one_subset_accuracy_serves_the_protocol_and_the_analysis():
+    from workbench.analysis import classification_metrics
+    from workbench.protocol import subset_accuracy
+
+    rng = np.random.default_rng(3)
+    features, vectors = rng.normal(size=(200, 16)), rng.normal(size=(10, 16))
+    labels = rng.integers(0, 10, size=200)
+    base, new = base_new_split(10)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    logits = unit(features) @ unit(vectors).T
+    by_protocol = evaluate_base_new(features, labels, vectors, base, new)
+    by_analysis = classification_metrics(logits, labels, base, new)
+    assert {k: by_analysis[k] for k in by_protocol} == pytest.approx(by_protocol)
+    # by hand: among the base samples, the argmax over the base columns only
+    mask = np.isin(labels, base)
+    expected = np.mean(base[logits[mask][:, base].argmax(1)] == labels[mask])
+    assert subset_accuracy(logits, labels, base, "base") == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"new_classes must be a non-empty list of labels in 0..9; got \[12\]"):
+        subset_accuracy(logits, labels, [12], "new")

@@ -322,7 +322,7 @@ def test_ambiguity_gallery_captions_name_the_true_mixing_weight_and_partner(worl
 # ----------------------------------------------------------------------------- calibration and training
 def test_reliability_diagram_draws_the_bins_and_their_ece(world_map):
     w = world_map
-    bins = analysis.reliability_diagram(w["logits"], w["labels"], n_bins=10)
+    bins = analysis.reliability_bins(w["logits"], w["labels"], n_bins=10)
     fig = viz.reliability_diagram({"KD": bins})
     accuracy_bars = fig.data[1]
     filled = bins["count"] > 0
@@ -385,7 +385,7 @@ def _has_kaleido():
 
 
 def test_save_png_without_kaleido_or_chromium_says_what_to_install(world_map, tmp_path, monkeypatch):
-    fig = viz.reliability_diagram(analysis.reliability_diagram(world_map["logits"], world_map["labels"]))
+    fig = viz.reliability_diagram(analysis.reliability_bins(world_map["logits"], world_map["labels"]))
     monkeypatch.setitem(sys.modules, "kaleido", None)  # as if not installed
     with pytest.raises(ImportError, match=r"kaleido' \(>= 1\) and a Chromium"):
         viz.save_png(fig, tmp_path / "fig.png")
@@ -399,7 +399,7 @@ def test_save_png_without_kaleido_or_chromium_says_what_to_install(world_map, tm
 
 @pytest.mark.skipif(not _has_kaleido() or viz.find_chromium() is None, reason="needs kaleido >= 1 and a Chromium")
 def test_save_png_writes_a_png(world_map, tmp_path):
-    fig = viz.reliability_diagram(analysis.reliability_diagram(world_map["logits"], world_map["labels"]))
+    fig = viz.reliability_diagram(analysis.reliability_bins(world_map["logits"], world_map["labels"]))
     path = viz.save_png(fig, tmp_path / "fig.png", scale=1)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*"))

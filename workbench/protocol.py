@@ -114,12 +114,22 @@ def accuracy(logits, labels) -> float:
     return float(np.mean(logits.argmax(axis=1) == labels))
 
 
-def _subset_accuracy(features, labels, vectors, subset: torch.Tensor, name: str) -> float:
+def subset_accuracy(logits, labels, subset, name: str = "subset") -> float:
+    """Accuracy on the samples labelled in ``subset``, predicting among the subset's classes only.
+
+    The base-to-new protocol's base and new accuracies: ``logits`` (N, C) over all classes, ``labels``
+    (N,), ``subset`` the class labels of one side; ``name`` names the side in errors.
+    """
+    logits = torch.as_tensor(logits)
+    labels = torch.as_tensor(_as_numpy(labels)).long().to(logits.device)
+    subset = torch.as_tensor(np.unique(_as_numpy(subset)), dtype=torch.long, device=logits.device)
+    c = logits.shape[1]
+    if subset.dim() != 1 or subset.numel() == 0 or int(subset.min()) < 0 or int(subset.max()) >= c:
+        raise ValueError(f"{name}_classes must be a non-empty list of labels in 0..{c - 1}; got {subset.tolist()}")
     mask = torch.isin(labels, subset)
     if not bool(mask.any()):
         raise ValueError(f"no samples have a label among the {name} classes")
-    logits = features[mask] @ vectors[subset].T  # cosine similarity to the subset only
-    predicted = subset[logits.argmax(dim=1)]
+    predicted = subset[logits[mask][:, subset].argmax(dim=1)]  # the subset's columns only
     return float((predicted == labels[mask]).double().mean())
 
 
@@ -161,16 +171,8 @@ def evaluate_base_new(image_features, labels, class_vectors, base_classes,
     dtype = torch.promote_types(torch.promote_types(features.dtype, vectors.dtype), torch.float32)
     features = F.normalize(features.to(dtype), dim=1)
     vectors = F.normalize(vectors.to(device=features.device, dtype=dtype), dim=1)
-    num_classes = vectors.shape[0]
-    accs = {}
-    for name, subset in [("base", base_classes), ("new", new_classes)]:
-        subset = torch.as_tensor(_as_numpy(subset), dtype=torch.long, device=features.device)
-        if subset.dim() != 1 or subset.numel() == 0:
-            raise ValueError(f"{name}_classes must be a non-empty 1-D list of class labels")
-        if int(subset.min()) < 0 or int(subset.max()) >= num_classes:
-            raise ValueError(
-                f"{name}_classes must lie in 0..{num_classes - 1}, got {subset.tolist()}"
-            )
-        accs[f"{name}_acc"] = _subset_accuracy(features, labels, vectors, subset, name)
+    logits = features @ vectors.T  # cosine similarity to every class vector
+    accs = {f"{name}_acc": subset_accuracy(logits, labels, subset, name)
+            for name, subset in (("base", base_classes), ("new", new_classes))}
     accs["hm"] = harmonic_mean(accs["base_acc"], accs["new_acc"])
     return accs

@@ -57,9 +57,9 @@ def write_stand_in(spec_name: str, data_root: str | os.PathLike, *, classes: int
     variants share the stand-in ImageNet's ``classnames.txt``; A and R keep half of its classes, as
     the real ones keep 200 of 1,000.
     """
-    from .data import class_names, load_spec
+    from .data import class_names, load_dataset_spec
 
-    spec = load_spec(spec_name)
+    spec = load_dataset_spec(spec_name)
     data_root = Path(data_root)
     root = _root(spec, data_root)
     rng = np.random.default_rng(seed)

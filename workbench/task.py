@@ -159,7 +159,7 @@ def resolve_dataset(ref: str, data_root: str = "", manifest_dir: str | os.PathLi
     if ref not in data.list_specs():
         raise ValueError(f"unknown dataset {ref!r}: not '{EMBEDDED_WORLD}', a benchmark spec "
                          f"({', '.join(data.list_specs())}), a manifest/spec file or '{IMAGEFOLDER}<dir>'")
-    spec = data.load_spec(ref)
+    spec = data.load_dataset_spec(ref)
     root = data_root or spec["root"]
     if manifest_dir is not None:
         # Keyed by the expanded folder, so another $WORKBENCH_DATA never reuses this manifest.

@@ -11,7 +11,7 @@ Groups of functions:
 - ambiguity: :func:`ambiguity_score`, :func:`rank_ambiguous`, :func:`ambiguity_agreement`;
 - two runs on the same samples: :func:`compare_runs`;
 - one run: :func:`classification_metrics`, :func:`calibration_metrics`,
-  :func:`reliability_diagram`;
+  :func:`reliability_bins`;
 - the shared image-text space: :func:`alignment_metrics`, :func:`effective_rank`,
   :func:`knn_agreement`;
 - several seeds: :func:`seed_summary`, :func:`paired_comparison`, :func:`bootstrap_interval`;
@@ -28,7 +28,7 @@ from .ambiguity import (  # noqa: F401
 )
 from .metrics import (  # noqa: F401
     DEFAULT_BINS, alignment_metrics, calibration_metrics, classification_metrics, cross_dataset_summary, effective_rank,
-    knn_agreement, reliability_diagram,
+    knn_agreement, reliability_bins,
 )
 from .statistics import (  # noqa: F401
     BOOTSTRAP_METHODS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, holm_adjust, paired_comparison, seed_summary,

@@ -10,24 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..protocol import _as_numpy, accuracy, harmonic_mean
+from ..protocol import accuracy, harmonic_mean, subset_accuracy
 from .checks import _features, _labels, _logits
 
 
 DEFAULT_BINS = 15  # equal-width confidence bins for ECE and reliability diagrams
-
-
-def _subset_accuracy(logits: torch.Tensor, y: np.ndarray, subset, name: str) -> float:
-    subset = np.unique(_as_numpy(subset)).astype(np.int64)
-    c = logits.shape[1]
-    if subset.size == 0 or subset.min() < 0 or subset.max() >= c:
-        raise ValueError(f"{name}_classes must be a non-empty list of labels in 0..{c - 1}; "
-                         f"got {subset.tolist()}")
-    mask = np.isin(y, subset)
-    if not mask.any():
-        raise ValueError(f"no samples have a label among the {name} classes")
-    restricted = logits[torch.as_tensor(mask)][:, torch.as_tensor(subset)]  # subset columns only
-    return float(np.mean(subset[restricted.argmax(dim=1).numpy()] == y[mask]))
 
 
 def classification_metrics(logits, labels, base_classes=None, new_classes=None) -> dict[str, float]:
@@ -63,8 +50,8 @@ def classification_metrics(logits, labels, base_classes=None, new_classes=None) 
            "top5_accuracy": float(np.mean((top_k == y[:, None]).any(axis=1))),
            "mean_per_class_recall": float(np.mean([np.mean(predicted[y == c] == c) for c in present]))}
     if base_classes is not None:
-        out["base_acc"] = _subset_accuracy(x, y, base_classes, "base")
-        out["new_acc"] = _subset_accuracy(x, y, new_classes, "new")
+        out["base_acc"] = subset_accuracy(x, y, base_classes, "base")
+        out["new_acc"] = subset_accuracy(x, y, new_classes, "new")
         out["hm"] = harmonic_mean(out["base_acc"], out["new_acc"])
     return out
 
@@ -100,7 +87,7 @@ def _check_bins(n_bins) -> int:
     return int(n_bins)
 
 
-def reliability_diagram(logits, labels, n_bins: int = DEFAULT_BINS) -> dict[str, np.ndarray]:
+def reliability_bins(logits, labels, n_bins: int = DEFAULT_BINS) -> dict[str, np.ndarray]:
     """Per-bin confidence and accuracy of the top-1 prediction (equal-width bins on [0, 1]).
 
     Parameters
@@ -145,7 +132,7 @@ def calibration_metrics(logits, labels, n_bins: int = DEFAULT_BINS) -> dict[str,
     labels : tensor or array of int, shape (N,)
         True classes in ``0..C-1``.
     n_bins : int, default 15
-        Equal-width confidence bins for the ECE (see :func:`reliability_diagram`).
+        Equal-width confidence bins for the ECE (see :func:`reliability_bins`).
 
     Returns
     -------
@@ -156,7 +143,7 @@ def calibration_metrics(logits, labels, n_bins: int = DEFAULT_BINS) -> dict[str,
     """
     x = _logits(logits, min_classes=1)
     y = _labels(labels, *x.shape)
-    diagram = reliability_diagram(x, y, n_bins)
+    diagram = reliability_bins(x, y, n_bins)
     filled = diagram["count"] > 0
     weights = diagram["count"][filled] / x.shape[0]
     ece = float(np.sum(weights * np.abs(diagram["accuracy"][filled] - diagram["confidence"][filled])))

@@ -59,7 +59,7 @@ from .builders import (  # noqa: F401
     from_coop_split, from_fgvc_aircraft, from_image_folder, from_table, from_torchvision,
 )
 from .specs import (  # noqa: F401
-    EvaluationSets, build_from_spec, evaluation_sets, list_specs, load_evaluation_manifests, load_spec,
+    EvaluationSets, build_from_spec, evaluation_sets, list_specs, load_dataset_spec, load_evaluation_manifests,
 )
 from .shots import (  # noqa: F401
     ClassSubset, all_classes, base_new_classes, distillation_indices, few_shot, indices_of_classes,

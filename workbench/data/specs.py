@@ -28,7 +28,7 @@ def list_specs() -> list[str]:
     return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
 
-def load_spec(spec) -> dict:
+def load_dataset_spec(spec) -> dict:
     """Read and check a benchmark spec, by name (``"caltech101"``) or path."""
     path = Path(spec) if str(spec).endswith((".yaml", ".yml")) else SPEC_DIR / f"{spec}.yaml"
     if not path.is_file():
@@ -68,7 +68,7 @@ def build_from_spec(spec, *, root=None, out=None, classnames=None) -> Manifest:
     classnames : "dataset" or list of str, optional
         Override the spec's class names; ``"dataset"`` takes them from the dataset's own files.
     """
-    doc = load_spec(spec)
+    doc = load_dataset_spec(spec)
     root = os.fspath(root) if root is not None else doc["root"]
     args = dict(doc.get("args") or {})
     join = lambda sub: root if sub in (None, "", ".") else f"{root.rstrip('/')}/{sub}"  # noqa: E731

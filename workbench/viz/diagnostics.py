@@ -18,7 +18,7 @@ def _named(data, is_one) -> dict:
 
 
 def reliability_diagram(diagrams, title: str = "Reliability diagram"):
-    """Accuracy against confidence per bin, from :func:`workbench.analysis.reliability_diagram`.
+    """Accuracy against confidence per bin, from :func:`workbench.analysis.reliability_bins`.
 
     Parameters
     ----------
@@ -44,7 +44,7 @@ def reliability_diagram(diagrams, title: str = "Reliability diagram"):
         for key in ("bin_lower", "bin_upper", "confidence", "accuracy", "count"):
             if key not in d:
                 raise ValueError(f"reliability data {name!r} has no {key!r}; pass the output of "
-                                 "workbench.analysis.reliability_diagram")
+                                 "workbench.analysis.reliability_bins")
         lower, upper = np.asarray(d["bin_lower"], float), np.asarray(d["bin_upper"], float)
         acc, conf, count = (np.asarray(d[key], float) for key in ("accuracy", "confidence", "count"))
         filled = count > 0
