@@ -21,5 +21,5 @@ from .render import (  # noqa: F401
     WorldSplit, generate_domain, generate_split,
 )
 from .storage import (  # noqa: F401
-    build_domains, build_world, load_split, read_split_meta, save_split,
+    build_domains, build_world, load_split, read_split_meta, save_split, world_dir,
 )

@@ -117,6 +117,11 @@ def load_split(directory: str | os.PathLike) -> WorldSplit:
         raise ValueError(f"{directory}: corrupt world split ({err})") from None
 
 
+def world_dir(spec: WorldSpec, root: str | os.PathLike, seed: int) -> Path:
+    """The folder of one world (spec and seed) under the cache ``root``: its splits and test domains live there."""
+    return Path(root) / f"{spec.fingerprint()}-seed{seed}"
+
+
 def build_world(spec: WorldSpec, root: str | os.PathLike, seed: int, sizes: dict[str, int]) -> dict[str, WorldSplit]:
     """Materialize splits under ``root/<fingerprint>-seed<seed>/<split>/`` and return them.
 
@@ -134,7 +139,7 @@ def build_world(spec: WorldSpec, root: str | os.PathLike, seed: int, sizes: dict
     sizes : dict[str, int]
         Split name -> number of samples, e.g. ``{"train": 20000, "val": 2000}``.
     """
-    base = Path(root) / f"{spec.fingerprint()}-seed{seed}"
+    base = world_dir(spec, root, seed)
     wanted = {"spec_fingerprint": spec.fingerprint(), "seed": seed}
     return {name: _load_or_generate(base / name, {**wanted, "split": name}, size,
                                     lambda name=name, size=size: generate_split(spec, name, size, seed))
@@ -150,7 +155,7 @@ def build_domains(spec: WorldSpec, root: str | os.PathLike, seed: int, num_sampl
     domains = sorted(spec.domains) if domains is None else list(domains)
     for name in domains:
         spec.domain(name)  # an unknown name fails here, before anything is written
-    base = Path(root) / f"{spec.fingerprint()}-seed{seed}"
+    base = world_dir(spec, root, seed)
     out = {}
     for name in domains:
         wanted = {"spec_fingerprint": spec.domain(name).fingerprint(), "seed": seed, "split": split, "domain": name}
