@@ -54,6 +54,12 @@ def is_self_contained_html(path) -> bool:
 
 
 @pytest.fixture(scope="module")
+def concepts_run(tmp_path_factory, smoke_cache):
+    return execute("00_concepts.ipynb", tmp_path_factory.mktemp("concepts") / "run",
+                   {"cache_dir": smoke_cache, "solutions": True})
+
+
+@pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory, smoke_cache):
     return execute("00_quickstart.ipynb", tmp_path_factory.mktemp("quickstart") / "run",
                    {"cache_dir": smoke_cache, "shots": 4})
@@ -223,7 +229,7 @@ def test_every_notebook_opens_with_a_parameters_cell_and_a_smoke_switch():
 
 
 def test_every_numbered_notebook_is_executed_by_this_suite():
-    fixtures = {"00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
+    fixtures = {"00_concepts.ipynb", "00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
                 "03_ame_ablation.ipynb", "04_tutorial_entropy_minimization.ipynb", "05_real_benchmark_recipe.ipynb"}
     numbered = {p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")}
     assert numbered == fixtures == set(NBVAL_PARAMETERS)  # run_experiment.ipynb: tests/test_sweeps.py
@@ -244,6 +250,36 @@ def test_tutorial_solutions_are_tagged_and_collapsed():
     assert len(exercises) >= 3 and len(solutions) >= 4
     assert all(c["metadata"]["jupyter"]["source_hidden"] for c in solutions)
     assert all(source(c).startswith("# Solution") for c in solutions)
+
+
+# ----------------------------------------------------------------------------- 00 concepts
+def test_concepts_computes_every_number_its_prose_states(concepts_run):
+    from workbench.notebook import check_stated_numbers, stated_numbers
+
+    notebook = NOTEBOOK_DIR / "00_concepts.ipynb"
+    metrics = read_json(concepts_run / "metrics.json")
+    assert metrics["smoke"] is True
+    assert len(stated_numbers(notebook)) >= 9
+    assert check_stated_numbers(notebook, metrics["numbers"], smoke=True) == []
+
+
+def test_concepts_exercises_are_stubs_whose_solutions_pass_their_checks(concepts_run):
+    assert read_json(concepts_run / "metrics.json")["exercises"] == dict.fromkeys(
+        ("kd_loss", "harmonic_mean", "entropy_gradient"), "correct")  # this run loaded notebooks/solutions/
+    cells = [source(c) for c in notebook_cells(NOTEBOOK_DIR / "00_concepts.ipynb") if c["cell_type"] == "code"]
+    stubs = [c for c in cells if "# your code here" in c]
+    assert len(stubs) == 3 and all("return None" in c and "exercises.check(" in c for c in stubs)
+
+
+@pytest.mark.skipif(not os.environ.get("WORKBENCH_FULL_CACHE"), reason="needs a cache of the full preset's world "
+                    "and models (WORKBENCH_FULL_CACHE); pretraining them takes minutes")
+def test_concepts_full_preset_computes_the_numbers_shown(tmp_path):
+    from workbench.notebook import check_stated_numbers
+
+    run = tmp_path / "full"
+    run_notebook(NOTEBOOK_DIR / "00_concepts.ipynb", run, {"cache_dir": os.environ["WORKBENCH_FULL_CACHE"]},
+                 progress=False, execution_timeout=CELL_TIMEOUT)
+    assert check_stated_numbers(NOTEBOOK_DIR / "00_concepts.ipynb", read_json(run / "metrics.json")["numbers"]) == []
 
 
 # ----------------------------------------------------------------------------- 01 manifold explorer
@@ -370,7 +406,7 @@ def test_benchmark_recipe_trains_and_explores_a_run_on_the_stand_in_images(bench
 def nbval_parameters(name: str, runs: dict, cache: str, tmp_path):
     """Smoke parameters of ``name`` for the nbval run: reuse the papermill runs' outputs where a
     notebook can (trained runs are loaded, done sweep runs skipped), in copies so nothing is changed."""
-    fresh = tmp_path / f"nbval-{name[:2]}"
+    fresh = tmp_path / f"nbval-{name.removesuffix('.ipynb')}"
     if name == "01_manifold_explorer.ipynb":
         fresh.mkdir()
         for folder in ("kd", "kd_ame"):
@@ -387,7 +423,7 @@ def nbval_parameters(name: str, runs: dict, cache: str, tmp_path):
     return {"cache_dir": cache, "run_dir": str(fresh), **extra}
 
 
-NBVAL_PARAMETERS = dict.fromkeys(["00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
+NBVAL_PARAMETERS = dict.fromkeys(["00_concepts.ipynb", "00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
                                   "03_ame_ablation.ipynb", "04_tutorial_entropy_minimization.ipynb",
                                   "05_real_benchmark_recipe.ipynb"])
 
@@ -407,14 +443,14 @@ def store_checked_outputs(executed, committed) -> None:
     nbformat.write(notebook, committed)
 
 
-def test_notebooks_pass_nbval(tmp_path, smoke_cache, quickstart_run, explorer_run, entropy_run, ablation_run,
-                              tutorial_run, benchmark_recipe_run):
+def test_notebooks_pass_nbval(tmp_path, smoke_cache, concepts_run, quickstart_run, explorer_run, entropy_run,
+                              ablation_run, tutorial_run, benchmark_recipe_run):
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
     import nbformat
 
-    runs = dict(zip(NBVAL_PARAMETERS, (quickstart_run, explorer_run, entropy_run, ablation_run, tutorial_run,
-                                       benchmark_recipe_run)))
+    runs = dict(zip(NBVAL_PARAMETERS, (concepts_run, quickstart_run, explorer_run, entropy_run, ablation_run,
+                                       tutorial_run, benchmark_recipe_run)))
     if os.environ.get("WORKBENCH_UPDATE_NOTEBOOK_OUTPUTS"):
         for name, run_dir in runs.items():
             store_checked_outputs(run_dir / name, NOTEBOOK_DIR / name)

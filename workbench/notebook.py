@@ -9,11 +9,18 @@ the next cell calls :func:`start` with the type each parameter accepts::
     run.write("metrics", {...})
 
 ``run_dir`` and ``overwrite_run_dir`` are every notebook's last two parameters and are checked always.
+
+A teaching notebook states what the reader should see in its prose, as a bold number followed by a marker,
+``**0.97** <!-- expect teacher_hm tol=0.03 -->`` (``smoke=0.41`` adds the smoke preset's value where it
+differs), and writes the same number under that key into ``metrics.json``; :func:`check_stated_numbers`
+compares the two, so prose and results cannot drift apart.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +29,8 @@ from .runs import RunDir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # relative paths in notebooks, configs and specs start here
 RUN_PARAMETERS = {"run_dir": str, "overwrite_run_dir": bool}  # what every notebook declares last
+_STATED = re.compile(r"\*\*(?P<shown>-?[0-9]+(?:\.[0-9]+)?)\*\*\s*<!-- expect (?P<key>[\w.]+) tol=(?P<tol>[0-9.]+)"
+                     r"(?: smoke=(?P<smoke>-?[0-9.]+))? -->")
 
 
 def check_parameters(values: dict, expected: dict[str, type | tuple[type, ...]]) -> None:
@@ -74,3 +83,40 @@ def start(name: str, namespace: Mapping, chdir: bool = True, **types) -> RunDir:
     run = RunDir.create(path.parent, path.name, overwrite=namespace["overwrite_run_dir"])
     print("run directory:", run.path)
     return run
+
+
+def stated_numbers(notebook: str | os.PathLike) -> dict[str, dict]:
+    """The numbers a notebook's prose states: ``{key: {"shown", "tolerance", "smoke"}}`` (``smoke`` None when equal)."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    stated = {}
+    for cell in cells:
+        if cell["cell_type"] != "markdown":
+            continue
+        text = "".join(cell["source"])
+        for match in _STATED.finditer(text):
+            key = match["key"]
+            if key in stated:
+                raise ValueError(f"{notebook}: the number {key!r} is stated twice")
+            stated[key] = {"shown": float(match["shown"]), "tolerance": float(match["tol"]),
+                           "smoke": None if match["smoke"] is None else float(match["smoke"])}
+        unmatched = text.count("<!-- expect") - len(_STATED.findall(text))
+        if unmatched:
+            raise ValueError(f"{notebook}: {unmatched} expect marker(s) not right after a **bold** number")
+    return stated
+
+
+def check_stated_numbers(notebook: str | os.PathLike, numbers: dict, smoke: bool = False) -> list[str]:
+    """Every disagreement between the numbers ``notebook`` states and the ``numbers`` a run of it computed.
+
+    A full run is compared with the numbers shown; a smoke run with each marker's ``smoke=`` value, or with
+    the number shown where the marker has none (numbers that do not depend on the preset).
+    """
+    problems = []
+    for key, stated in stated_numbers(notebook).items():
+        expected = stated["smoke"] if smoke and stated["smoke"] is not None else stated["shown"]
+        if key not in numbers:
+            problems.append(f"{key}: stated in the prose, not computed by the run")
+        elif not abs(float(numbers[key]) - expected) <= stated["tolerance"]:
+            problems.append(f"{key}: the prose says {expected:g} (± {stated['tolerance']:g}), the run computed "
+                            f"{float(numbers[key]):.4g}")
+    return problems
