@@ -90,6 +90,17 @@ def test_run_picker_moves_the_points_within_one_map(explorer, runs):
     assert explorer.colour_by.value == "margin"
 
 
+def test_the_explorer_can_fit_one_map_on_all_runs(runs):
+    joint = ManifoldExplorer(runs, NAMES, method="pca", figure_widget=False, fit_on="all")
+    features = {name: (run[0], run[1]) for name, run in runs.items()}
+    coords, _ = viz.project_runs(features, fit_on="all", method="pca")
+    for name in runs:
+        joint.run.value = name
+        np.testing.assert_allclose(joint.figure.data[0].x, coords[name][0][:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="fit_on must be one of reference, all"):
+        ManifoldExplorer(runs, NAMES, method="pca", figure_widget=False, fit_on="joint")
+
+
 def test_clicking_a_point_shows_the_sample(explorer, runs):
     explorer.colour_by.value = "entropy"
     trace = explorer.figure.data[0]

@@ -68,7 +68,7 @@ def quickstart_run(tmp_path_factory, smoke_cache):
 @pytest.fixture(scope="module")
 def explorer_run(tmp_path_factory, smoke_cache):
     return execute("01_manifold_explorer.ipynb", tmp_path_factory.mktemp("explorer") / "run",
-                   {"cache_dir": smoke_cache})
+                   {"cache_dir": smoke_cache, "fit_on": "all"})  # nbval runs the default, "reference"
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +291,7 @@ def test_explorer_trains_both_runs_into_its_run_directory(explorer_run):
         assert all(0 <= result[k] <= 1 for k in ("base_acc", "new_acc", "hm"))
         for file in ("config.json", "train.jsonl", "samples.csv", "embeddings.npz", "metrics.json"):
             assert (explorer_run / folder / file).is_file(), (folder, file)
+    assert metrics["settings"]["fit_on"] == "all"  # one map fitted on both runs (nbval runs the default)
     kd, ame = (read_json(explorer_run / f / "config.json")["distill"]["ame_weight"] for f in ("kd", "kd_ame"))
     assert (kd, ame) == (0.0, 50.0)
     assert "manifold_entropy" in (explorer_run / "kd_ame" / "train.jsonl").read_text()

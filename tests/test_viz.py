@@ -96,6 +96,23 @@ def test_project_runs_fits_the_reference_and_places_the_others():
         viz.project_runs({"kd": (images, texts)}, reference="x", method="pca")
 
 
+def test_project_runs_can_fit_one_map_on_every_run():
+    images, texts, _ = _gapped_world()
+    other = images[::-1] * 1.5 + 0.2  # a run unlike the first: a map fitted on "kd" alone would not be fitted on it
+    coords, projection = viz.project_runs({"kd": (images, texts), "ame": (other, texts)}, fit_on="all",
+                                          method="pca")
+    image_xy, text_xy, _ = viz.joint_projection(np.concatenate([images, other]), np.concatenate([texts, texts]),
+                                                method="pca")
+    n, c = len(images), len(texts)
+    np.testing.assert_allclose(coords["kd"][0], image_xy[:n], atol=1e-5)
+    np.testing.assert_allclose(coords["ame"][0], image_xy[n:], atol=1e-5)
+    np.testing.assert_allclose(coords["ame"][1], text_xy[c:], atol=1e-5)
+    reference_fit, _ = viz.project_runs({"kd": (images, texts), "ame": (other, texts)}, method="pca")
+    assert not np.allclose(reference_fit["kd"][0], coords["kd"][0], atol=1e-3)  # a different map
+    with pytest.raises(ValueError, match="fit_on must be one of reference, all; got 'both'"):
+        viz.project_runs({"kd": (images, texts)}, fit_on="both")
+
+
 def test_stratified_subsample_keeps_every_class_and_respects_the_limit():
     labels = np.repeat([0, 1, 2, 3], [1000, 200, 5, 1])
     rows = viz.stratified_subsample(labels, max_points=100, seed=3)

@@ -160,8 +160,11 @@ class ManifoldExplorer:
         Each image and class vector drawn with its class's symbol (new-class images open), e.g. the embedded
         world's shapes (:meth:`workbench.world.WorldSpec.class_symbols`).
     method : {"umap", "pca", "tsne"}, default "umap"
-        Projection fitted on the first run (:func:`workbench.viz.joint_projection`); ignored when
-        ``projection`` is given.
+        Projection of the map (:func:`workbench.viz.joint_projection`); ignored when ``projection`` is given.
+    fit_on : {"reference", "all"}, default "reference"
+        Fit the map on the first run and place the others in it, or fit one map on every run's points
+        together (:func:`workbench.viz.project_runs`), so that no run is drawn through a projection fitted
+        on another.
     projection : workbench.viz.Projection, optional
         A map fitted elsewhere to place every run in.
     seed : int, default 0
@@ -188,7 +191,7 @@ class ManifoldExplorer:
     def __init__(self, runs, class_names: Sequence[str], images=None, base_classes=None, class_colours=None,
                  method: str = "umap", projection: viz.Projection | None = None, seed: int = 0,
                  max_points: int | None = viz.DEFAULT_MAX_POINTS, top_k: int = 5, figure_widget: bool | None = None,
-                 class_symbols: Sequence[str] | None = None):
+                 class_symbols: Sequence[str] | None = None, fit_on: str = "reference"):
         import ipywidgets as widgets
 
         self.runs = _as_runs(runs)
@@ -204,6 +207,9 @@ class ManifoldExplorer:
         self.class_colours = class_colours
         self.class_symbols = class_symbols
         self.method, self.seed, self.max_points, self.top_k = method, seed, max_points, top_k
+        if fit_on not in viz.FIT_ON:
+            raise ValueError(f"fit_on must be one of {', '.join(viz.FIT_ON)}; got {fit_on!r}")
+        self.fit_on = fit_on
         self.projection = projection
         self._coords: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._quiet = False  # set while the explorer changes its own controls
@@ -251,6 +257,10 @@ class ManifoldExplorer:
         name = self.run.value if name is None else name
         if name not in self._coords:
             run = self.runs[name]
+            if self.projection is None and self.fit_on == "all":
+                self._coords, self.projection = viz.project_runs(
+                    {key: (r.image_features, r.text_features) for key, r in self.runs.items()}, fit_on="all",
+                    method=self.method, seed=self.seed)
             if self.projection is None:
                 reference = next(iter(self.runs.values()))
                 image_xy, text_xy, self.projection = viz.joint_projection(

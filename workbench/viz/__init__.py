@@ -30,7 +30,8 @@ from .style import (  # noqa: F401
     COLOUR_BY, CORRECTNESS_COLOURS, SPLIT_COLOURS,
 )
 from .projection import (  # noqa: F401
-    DEFAULT_MAX_POINTS, PROJECTION_METHODS, TSNE_EXACT_MAX_POINTS, Projection, joint_projection, project_more, project_runs, stratified_subsample,
+    DEFAULT_MAX_POINTS, FIT_ON, PROJECTION_METHODS, TSNE_EXACT_MAX_POINTS, Projection, joint_projection, project_more,
+    project_runs, stratified_subsample,
 )
 from .maps import (  # noqa: F401
     LEGEND_BELOW, colour_options, colouring, comparison_figure, drawn_indices, hide_axes, hover_texts, image_trace,

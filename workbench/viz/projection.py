@@ -162,15 +162,25 @@ def project_more(projection: Projection, image_features, text_features=None):
     return images if text_features is None else (images, projection.transform(text_features, "text"))
 
 
-def project_runs(features: Mapping[str, tuple], reference: str | None = None, **kwargs):
-    """Put several runs (checkpoints) in one map: fit on ``reference``, place the others in it.
+FIT_ON = ("reference", "all")  # project_runs: fit the map on one run and place the others, or on every run at once
+
+
+def project_runs(features: Mapping[str, tuple], reference: str | None = None, fit_on: str = "reference", **kwargs):
+    """Put several runs (checkpoints) in one map.
+
+    ``fit_on="reference"`` fits the map on ``reference`` and places the other runs in it, so the reference's
+    map does not move when runs are added; ``fit_on="all"`` fits one map on every run's points together,
+    so that no run is seen through a projection fitted on another (differences between the runs are then
+    not an artefact of whose points the projection was fitted on).
 
     Parameters
     ----------
     features : mapping of run name to ``(image_features, text_features)``
         Embeddings of the same samples by each run, in the same embedding width.
     reference : str, optional
-        Run the map is fitted on; default the first.
+        Run the map is fitted on with ``fit_on="reference"``; default the first.
+    fit_on : {"reference", "all"}, default "reference"
+        Fit on the reference run alone, or on all runs together.
     **kwargs
         Passed to :func:`joint_projection` (``method``, ``seed`` …).
 
@@ -184,6 +194,15 @@ def project_runs(features: Mapping[str, tuple], reference: str | None = None, **
     reference = next(iter(features)) if reference is None else reference
     if reference not in features:
         raise ValueError(f"reference {reference!r} is not one of the runs: {', '.join(features)}")
+    if fit_on not in FIT_ON:
+        raise ValueError(f"fit_on must be one of {', '.join(FIT_ON)}; got {fit_on!r}")
+    if fit_on == "all":
+        images = [np.asarray(f[0]) for f in features.values()]
+        texts = [np.asarray(f[1]) for f in features.values()]
+        image_xy, text_xy, projection = joint_projection(np.concatenate(images), np.concatenate(texts), **kwargs)
+        image_ends, text_ends = np.cumsum([len(x) for x in images]), np.cumsum([len(t) for t in texts])
+        return {name: (image_xy[image_end - len(x):image_end], text_xy[text_end - len(t):text_end])
+                for name, x, t, image_end, text_end in zip(features, images, texts, image_ends, text_ends)}, projection
     image_xy, text_xy, projection = joint_projection(*features[reference], **kwargs)
     coords = {}
     for name, (images, texts) in features.items():
