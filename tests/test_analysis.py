@@ -372,3 +372,14 @@ def test_holm_adjusts_a_family_of_p_values_by_rank():
     np.testing.assert_allclose(holm_adjust([np.nan, 0.02, 0.5]), [np.nan, 0.04, 0.5])  # NaN: not a comparison
     assert holm_adjust([0.6, 0.7]).max() == 1.0  # capped at 1
     assert np.isnan(holm_adjust([np.nan])).all()
+
+
+def test_the_table_offers_the_ambiguity_score_of_the_student_alone_and_with_the_teacher():
+    rng = np.random.default_rng(5)
+    student, teacher = rng.normal(size=(40, 6)), 3 * rng.normal(size=(40, 6))
+    labels = rng.integers(0, 6, size=40)
+    with_teacher = per_sample_table(student, labels, teacher_logits=teacher)
+    np.testing.assert_allclose(with_teacher["ambiguity_student"], ambiguity_score(student))
+    np.testing.assert_allclose(with_teacher["ambiguity_score"], (ambiguity_score(student) + ambiguity_score(teacher)) / 2)
+    alone = per_sample_table(student, labels)
+    np.testing.assert_allclose(alone["ambiguity_score"], alone["ambiguity_student"])

@@ -315,8 +315,15 @@ def test_ambiguity_gallery_shows_the_most_ambiguous_samples(world_map):
     p1 = table["max_prob"][expected[0]]
     assert f"<b>{table['predicted_name'][expected[0]]}</b> {p1:.2f} vs <b>{table['runner_up_name'][expected[0]]}</b>" in first
     assert f"true: {table['label_name'][expected[0]]}" in first
+    assert "ranked by ambiguity_score: (H/log C + 1 - margin)/2, student and teacher averaged" in fig.layout.title.text
     by_kl = viz.ambiguity_gallery(pictures, table, top=2, column="kl_teacher_student")
     np.testing.assert_array_equal(by_kl.data[0].customdata, np.argsort(-table["kl_teacher_student"], kind="stable")[:2])
+    alone = viz.ambiguity_gallery(pictures, table, top=3, column="ambiguity_student", title="KD alone")
+    np.testing.assert_array_equal(alone.data[0].customdata, np.argsort(-table["ambiguity_student"], kind="stable")[:3])
+    assert alone.layout.title.text == "KD alone<br><sup>ranked by ambiguity_student: (H/log C + 1 - margin)/2 of the student alone</sup>"
+    titles = {name: viz.colouring(table, name, [str(i) for i in range(int(table["label"].max()) + 1)])["title"]
+              for name in ("ambiguity", "ambiguity_student")}
+    assert titles == {"ambiguity": "ambiguity (student + teacher)", "ambiguity_student": "ambiguity (student)"}
     with pytest.raises(ValueError, match="images has 3 entries but the table has 100 rows"):
         viz.ambiguity_gallery(pictures[:3], table)
 

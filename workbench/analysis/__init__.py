@@ -24,7 +24,7 @@ from .tables import (  # noqa: F401
     compare_runs, per_sample_table, read_table, write_table,
 )
 from .ambiguity import (  # noqa: F401
-    ambiguity_agreement, ambiguity_score, rank_ambiguous,
+    SCORE_DEFINITIONS, ambiguity_agreement, ambiguity_score, rank_ambiguous,
 )
 from .metrics import (  # noqa: F401
     DEFAULT_BINS, alignment_metrics, calibration_metrics, classification_metrics, cross_dataset_summary, effective_rank,

@@ -16,6 +16,15 @@ from ..losses import entropy
 from .checks import _check_table, _column, _logits, _vector
 
 
+# What each ambiguity column of a per-sample table means; figures that rank or colour by one say it.
+SCORE_DEFINITIONS = {
+    "ambiguity_score": "(H/log C + 1 - margin)/2, student and teacher averaged",
+    "ambiguity_student": "(H/log C + 1 - margin)/2 of the student alone",
+    "entropy": "entropy H of the student's softmax (nats)",
+    "kl_teacher_student": "KL(teacher || student) per image (nats)",
+}
+
+
 def _distribution_stats(logits: torch.Tensor) -> dict[str, np.ndarray]:
     """Entropy, top-1/top-2 classes, max probability and margin of ``softmax(logits)``."""
     probs = F.softmax(logits, dim=1)

@@ -48,7 +48,8 @@ def per_sample_table(student_logits, labels, teacher_logits=None, manifold_entro
         - ``correct`` (bool): ``predicted == label``;
         - ``entropy``: Shannon entropy (nats) of the student's softmax, in ``[0, log C]``;
         - ``max_prob``: top-1 probability; ``margin``: top-1 minus top-2 probability, in [0, 1];
-        - ``ambiguity_score``: :func:`ambiguity_score` of the student (and teacher, if given);
+        - ``ambiguity_student``: :func:`ambiguity_score` of the student alone; ``ambiguity_score``: the
+          same averaged with the teacher's when teacher logits are given (the student's alone otherwise);
         - with a teacher: ``teacher_predicted``, ``teacher_entropy``, ``teacher_margin`` and
           ``kl_teacher_student`` = KL(teacher || student) per sample in nats, from
           ``log_softmax`` of both (finite even when probabilities underflow);
@@ -63,7 +64,7 @@ def per_sample_table(student_logits, labels, teacher_logits=None, manifold_entro
         raise ValueError(f"sample_ids must have shape ({n},); got {ids.shape}")
     table = {"sample_id": ids, "label": y, "predicted": st["top1"], "runner_up": st["top2"],
              "correct": st["top1"] == y, "entropy": st["entropy"], "max_prob": st["max_prob"],
-             "margin": st["margin"]}
+             "margin": st["margin"], "ambiguity_student": ambiguity_score(s)}
     if teacher_logits is not None:
         t = _logits(teacher_logits, "teacher_logits")
         if t.shape != s.shape:
@@ -76,7 +77,7 @@ def per_sample_table(student_logits, labels, teacher_logits=None, manifold_entro
                       "teacher_margin": tt["margin"], "kl_teacher_student": kl.numpy()})
         table["ambiguity_score"] = ambiguity_score(s, t)
     else:
-        table["ambiguity_score"] = ambiguity_score(s)
+        table["ambiguity_score"] = table["ambiguity_student"]
     if manifold_entropy is not None:
         h = np.asarray(_as_numpy(manifold_entropy), dtype=np.float64)
         if h.ndim == 0:

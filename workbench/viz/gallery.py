@@ -58,7 +58,8 @@ def ambiguity_gallery(images, table: Mapping, top: int = 12, column: str = "ambi
     top : int, default 12
         Samples shown, most ambiguous first (ties keep table order).
     column : str, default "ambiguity_score"
-        Column ranked by, e.g. ``"entropy"`` or ``"kl_teacher_student"``.
+        Column ranked by, e.g. ``"ambiguity_student"``, ``"entropy"`` or ``"kl_teacher_student"``; the
+        figure's subtitle names it and, for the table's own scores, its definition.
     class_names : sequence of str, optional
         Default: the table's ``*_name`` columns, else class numbers.
     columns : int, default 6
@@ -125,7 +126,11 @@ def ambiguity_gallery(images, table: Mapping, top: int = 12, column: str = "ambi
     y_range = [-pitch_y * (nrows - 1) - 0.43 - 45 / unit, 0.45]
     fig.update_xaxes(visible=False, range=x_range)
     fig.update_yaxes(visible=False, range=y_range, scaleanchor="x")
-    fig.update_layout(title=title or f"The {len(rows)} most ambiguous samples (by {column.replace('_', ' ')})",
+    from ..analysis.ambiguity import SCORE_DEFINITIONS
+
+    title = title or f"The {len(rows)} most ambiguous samples"
+    ranked_by = f"ranked by {column}" + (f": {SCORE_DEFINITIONS[column]}" if column in SCORE_DEFINITIONS else "")
+    fig.update_layout(title={"text": f"{title}<br><sup>{ranked_by}</sup>"},
                       template="plotly_white", width=max(round((x_range[1] - x_range[0]) * unit) + 40, 500),
                       height=round((y_range[1] - y_range[0]) * unit) + 80,
                       margin={"l": 20, "r": 20, "t": 60, "b": 20})

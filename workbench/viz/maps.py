@@ -69,9 +69,14 @@ def colouring(table: Mapping, colour_by: str, class_names: Sequence[str], base_c
     values = values.astype(np.float64)
     if crange is None:
         natural = {"entropy": (0.0, math.log(max(len(class_names), 2))), "margin": (0.0, 1.0),
-                   "ambiguity": (0.0, 1.0)}
+                   "ambiguity": (0.0, 1.0), "ambiguity_student": (0.0, 1.0)}
         crange = natural.get(colour_by, (float(np.nanmin(values)), float(np.nanmax(values))))
-    return {"kind": "numeric", "title": colour_by.replace("_", " "), "values": values, "colorscale": scale,
+    title = colour_by.replace("_", " ")
+    if colour_by == "ambiguity":  # say whether the teacher's score is averaged in
+        title = "ambiguity (student + teacher)" if "teacher_predicted" in table else "ambiguity (student)"
+    elif colour_by == "ambiguity_student":
+        title = "ambiguity (student)"
+    return {"kind": "numeric", "title": title, "values": values, "colorscale": scale,
             "cmin": float(crange[0]), "cmax": float(crange[1])}
 
 
@@ -326,7 +331,7 @@ def comparison_figure(runs: Mapping[str, tuple], class_names: Sequence[str], col
     rows = visible_rows(first, None, max_points, seed)
     crange = None
     probe = colouring(first, colour_by, class_names, base_classes, class_colours)
-    if probe["kind"] == "numeric" and colour_by not in ("entropy", "margin", "ambiguity"):
+    if probe["kind"] == "numeric" and colour_by not in ("entropy", "margin", "ambiguity", "ambiguity_student"):
         allv = np.concatenate([colouring(t, colour_by, class_names)["values"] for _, _, t in runs.values()])
         crange = (float(np.nanmin(allv)), float(np.nanmax(allv)))
 

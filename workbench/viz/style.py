@@ -16,6 +16,7 @@ COLOUR_BY = {
     "entropy": ("entropy", "Viridis"),
     "margin": ("margin", "Viridis"),
     "ambiguity": ("ambiguity_score", "Inferno"),
+    "ambiguity_student": ("ambiguity_student", "Inferno"),
     "teacher_kl": ("kl_teacher_student", "Plasma"),
     "true_ambiguity": ("true_ambiguity", "Inferno"),
 }
