@@ -85,7 +85,7 @@ def ablation_run(tmp_path_factory, smoke_cache):
 @pytest.fixture(scope="module")
 def tutorial_run(tmp_path_factory, smoke_cache):
     return execute("04_tutorial_entropy_minimization.ipynb", tmp_path_factory.mktemp("tutorial") / "run",
-                   {"cache_dir": smoke_cache})
+                   {"cache_dir": smoke_cache, "solutions": True})  # nbval runs the stubs
 
 
 @pytest.fixture(scope="module")
@@ -243,13 +243,19 @@ def test_checked_cells_have_committed_outputs():
                 assert {o["output_type"] for o in cell["outputs"]} == {"stream"}, name  # small prints only
 
 
-def test_tutorial_solutions_are_tagged_and_collapsed():
-    cells = notebook_cells(NOTEBOOK_DIR / "04_tutorial_entropy_minimization.ipynb")
-    exercises = [c for c in cells if c["cell_type"] == "markdown" and "**Exercise" in source(c)]
-    solutions = [c for c in cells if "solution" in c["metadata"].get("tags", [])]
-    assert len(exercises) >= 3 and len(solutions) >= 4
-    assert all(c["metadata"]["jupyter"]["source_hidden"] for c in solutions)
-    assert all(source(c).startswith("# Solution") for c in solutions)
+def test_exercises_are_stubs_with_checks_and_no_notebook_carries_solutions():
+    for path in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        cells = notebook_cells(path)
+        assert not [c for c in cells if "solution" in c["metadata"].get("tags", [])], path.name
+        stubs = [source(c) for c in cells if c["cell_type"] == "code" and "# your code here" in source(c)]
+        for stub in stubs:  # each stub returns None until written, then its check runs
+            assert "return None" in stub and "exercises.check(" in stub, (path.name, stub[:80])
+            name = stub.split("exercises.check(")[1].split('"')[1]
+            assert f'exercises.solution("{path.stem}", "{name}")' in stub, (path.name, name)
+        if stubs:
+            assert (NOTEBOOK_DIR / "solutions" / f"{path.stem}.py").is_file(), path.name
+    assert len([c for c in notebook_cells(NOTEBOOK_DIR / "04_tutorial_entropy_minimization.ipynb")
+                if c["cell_type"] == "code" and "# your code here" in source(c)]) == 4
 
 
 # ----------------------------------------------------------------------------- 00 concepts
@@ -364,6 +370,9 @@ def test_tutorial_demonstrates_what_it_claims(tutorial_run):
     assert real["grad_norm/kd"] > 0 and real["grad_norm/ame"] > 0 and real["manifold_entropy"] > 0
     for file in ("optimisation_demo.html", "collapse_demo.html", "real_run_curves.html"):
         assert is_self_contained_html(tutorial_run / file), file
+    # the reference solutions (notebooks/solutions/) pass every exercise's check
+    assert read_json(tutorial_run / "metrics.json")["exercises"] == dict.fromkeys(
+        ("uniform_manifold", "omega_sweep", "per_sample_runs", "entropy_by_batch"), "correct")
 
 
 # ----------------------------------------------------------------------------- 05 benchmark recipe

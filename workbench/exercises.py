@@ -93,17 +93,81 @@ def _check_entropy_gradient(entropy_gradient: Callable):
     return CORRECT
 
 
+def _check_uniform_manifold(uniform_manifold: Callable):
+    from .losses import manifold_entropy
+
+    answer = uniform_manifold()
+    if answer is None:
+        return None
+    image_rows, text_rows = (torch.as_tensor(x, dtype=torch.float64) for x in answer)
+    rows = torch.cat([text_rows, image_rows])
+    if len(rows) != 5:
+        raise AssertionError(f"uniform_manifold: expected 5 rows in all, got {len(rows)}.")
+    if len(torch.unique(rows, dim=0)) != 5:
+        raise AssertionError("uniform_manifold: two rows are equal; make every row different.")
+    _close(manifold_entropy(image_rows, text_rows), math.log(5), "uniform_manifold: H(M)",
+           "The softmax sees one score per row, the row's mean: what makes p uniform?")
+    return CORRECT
+
+
+def _records(result, keys, what: str, fields=("manifold_entropy", "accuracy", "effective_rank")):
+    if sorted(result) != sorted(keys):
+        raise AssertionError(f"{what}: expected one entry per {sorted(keys)}, got {sorted(result)}.")
+    for key, record in result.items():
+        record = record[-1] if isinstance(record, list) else record
+        if not all(field in record and math.isfinite(record[field]) for field in fields):
+            raise AssertionError(f"{what}[{key!r}]: expected the run's last record with {', '.join(fields)}.")
+
+
+def _check_omega_sweep(omega_sweep: Callable, optimise: Callable):
+    omegas = (1.0, 10.0, 50.0, 500.0)
+    result = omega_sweep(optimise, omegas)
+    if result is None:
+        return None
+    _records(result, omegas, "omega_sweep")
+    return CORRECT
+
+
+def _check_per_sample_runs(per_sample_runs: Callable, optimise: Callable, ame_weight: float):
+    result = per_sample_runs(optimise, ame_weight)
+    if result is None:
+        return None
+    _records(result, ("KD + AME (per-sample)", "AME only (per-sample)"), "per_sample_runs")
+    return CORRECT
+
+
+def _check_entropy_by_batch(entropy_by_batch: Callable, ame, features, text):
+    from .losses import manifold_entropy
+
+    sizes = (8, 16, 32)
+    result = entropy_by_batch(ame, features, text, sizes)
+    if result is None:
+        return None
+    if sorted(result) != list(sizes):
+        raise AssertionError(f"entropy_by_batch: expected one entry per batch size {list(sizes)}, got {sorted(result)}.")
+    with torch.no_grad():
+        for b in sizes:
+            expected = manifold_entropy(ame.image_projection(features[:b]), ame.text_projection(text))
+            _close(result[b], expected, f"entropy_by_batch[{b}]",
+                   "Project the first b images and the class vectors with AME's projections, then take "
+                   "losses.manifold_entropy of the two.")
+    return CORRECT
+
+
 CHECKS = {"kd_loss": _check_kd_loss, "harmonic_mean": _check_harmonic_mean,
-          "entropy_gradient": _check_entropy_gradient}
+          "entropy_gradient": _check_entropy_gradient, "uniform_manifold": _check_uniform_manifold,
+          "omega_sweep": _check_omega_sweep, "per_sample_runs": _check_per_sample_runs,
+          "entropy_by_batch": _check_entropy_by_batch}
 
 
-def check(name: str, answer: Callable) -> str:
+def check(name: str, answer: Callable, **context) -> str:
     """Check the learner's ``answer`` to exercise ``name``; returns ``"correct"`` or ``"not attempted"``.
 
-    A wrong answer raises ``AssertionError`` whose message says what differed and gives a hint.
+    ``context`` passes what the exercise works on (the notebook's ``optimise``, AME module, features …). A
+    wrong answer raises ``AssertionError`` whose message says what differed and gives a hint.
     """
     if name not in CHECKS:
         raise KeyError(f"no exercise {name!r}; exercises: {', '.join(CHECKS)}")
-    status = CHECKS[name](answer) or NOT_ATTEMPTED
+    status = CHECKS[name](answer, **context) or NOT_ATTEMPTED
     print(f"{name}: {'correct' if status == CORRECT else 'not attempted yet: replace the stub and rerun this cell'}")
     return status
