@@ -228,6 +228,13 @@ def test_every_notebook_opens_with_a_parameters_cell_and_a_smoke_switch():
         assert all("parameters" not in c["metadata"].get("tags", []) for c in code[1:]), path.name
 
 
+def test_every_numbered_notebook_opens_with_objectives_prerequisites_run_time_and_references():
+    for path in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")):
+        opening = source(notebook_cells(path)[0])
+        for part in ("**You will learn to**", "**Prerequisites**", "**Run time**", "**References**"):
+            assert part in opening, (path.name, part)
+
+
 def test_every_numbered_notebook_is_executed_by_this_suite():
     fixtures = {"00_concepts.ipynb", "00_quickstart.ipynb", "01_manifold_explorer.ipynb", "02_entropy_and_ambiguity.ipynb",
                 "03_ame_ablation.ipynb", "04_tutorial_entropy_minimization.ipynb", "05_real_benchmark_recipe.ipynb"}
