@@ -52,7 +52,35 @@ def docs(args: argparse.Namespace) -> Path:
     counts = render_for_code_host(executed, out)
     print(f"wrote {out} ({counts['bytes'] / 1e6:.2f} MB, {counts['figures']} figure(s) as PNG, "
           f"{counts['widgets_dropped']} progress bar(s) dropped) from {run_dir}")
+    if args.path:
+        render_path(run_dir / "path", Path(args.out_dir), args.cache_dir)
     return out
+
+
+# The teaching path (README, "Notebooks"), rendered after the quickstart; 05 needs a GPU and data, so it is left out.
+PATH_NOTEBOOKS = ("00_concepts", "04_tutorial_entropy_minimization", "01_manifold_explorer",
+                  "02_entropy_and_ambiguity", "03_ame_ablation")
+
+
+def render_path(run_root: Path, out_dir: Path, cache_dir: str) -> list[Path]:
+    """Run each notebook of the path on the full preset (unless run already) and render it for a code host."""
+    from .notebook_docs import render_for_code_host
+    from .sweeps import NOTEBOOK_DIR, run_notebook
+
+    written = []
+    for name in PATH_NOTEBOOKS:
+        run_dir, executed = run_root / name, run_root / name / f"{name}.ipynb"
+        parameters = {"cache_dir": str(Path(cache_dir).resolve())}
+        if name == "02_entropy_and_ambiguity":  # reads 01's two runs instead of training them again
+            parameters["explorer_dir"] = str((run_root / "01_manifold_explorer").resolve())
+        if not executed.is_file():
+            start = time.perf_counter()
+            run_notebook(NOTEBOOK_DIR / f"{name}.ipynb", run_dir, parameters, progress=False)
+            print(f"ran {name} in {time.perf_counter() - start:.0f} s")
+        counts = render_for_code_host(executed, out_dir / f"{name}.ipynb")
+        written.append(out_dir / f"{name}.ipynb")
+        print(f"wrote {written[-1]} ({counts['bytes'] / 1e6:.2f} MB, {counts['figures']} figure(s) as PNG)")
+    return written
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -265,10 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--cache-dir", default="runs/cache", help="world and pretrained models (reused)")
     qs.add_argument("--run-dir", default="", help="results directory (default runs/quickstart-<time>)")
     qs.set_defaults(func=quickstart)
-    dc = commands.add_parser("docs", help="render the executed full quickstart into docs/notebooks/ for a code host")
+    dc = commands.add_parser("docs", help="render the executed full quickstart (and the teaching path) into "
+                                          "docs/notebooks/ for a code host")
     dc.add_argument("--run-dir", default="", help="a finished full quickstart run (default: run one now)")
     dc.add_argument("--cache-dir", default="runs/cache", help="world and pretrained models (reused)")
-    dc.add_argument("--out-dir", default="docs/notebooks", help="where the rendered notebook goes")
+    dc.add_argument("--out-dir", default="docs/notebooks", help="where the rendered notebooks go")
+    dc.add_argument("--no-path", dest="path", action="store_false",
+                    help="render the quickstart only, not the path's notebooks (" + ", ".join(PATH_NOTEBOOKS) + ")")
     dc.set_defaults(func=docs)
     tr = commands.add_parser("train", help="one distillation run from a config file (see workbench.experiment); "
                                            "multi-GPU: torchrun --nproc-per-node N -m workbench train …")
