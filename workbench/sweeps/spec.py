@@ -57,6 +57,14 @@ def _json_value(value, origin: str, where: str):
                          "(use strings, numbers, booleans, null, lists and mappings)")
 
 
+def _settings_block(cls, data, origin: str, block: str, hint: str = "") -> dict:
+    """A spec's ``block:`` mapping, its keys checked against the fields of dataclass ``cls``."""
+    if not isinstance(data, dict):
+        _fail(origin, block, f"expected a mapping, got {type(data).__name__}")
+    check_names(data, [f.name for f in dataclasses.fields(cls)], origin, f"{block}.", SpecError, "field", hint=hint)
+    return data
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     """What :func:`build_report` summarises; the ``report:`` block of a spec."""
@@ -72,14 +80,10 @@ class ReportSettings:
     def from_dict(cls, data, origin: str = "report") -> "ReportSettings":
         if data is None:
             return cls()
-        if not isinstance(data, dict):
-            _fail(origin, "report", f"expected a mapping, got {type(data).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        if any(isinstance(k, bool) for k in data):
+        if isinstance(data, dict) and any(isinstance(k, bool) for k in data):
             _fail(origin, "report", "a key reads as true/false (YAML 1.1 turns on/off/yes/no into booleans); "
                                     "the fields are off_value and on_value")
-        check_names(data, known, origin, "report.", SpecError, "field")
-        data = dict(data)
+        data = dict(_settings_block(cls, data, origin, "report"))
         if "metrics" in data:
             metrics = data["metrics"]
             if isinstance(metrics, str):
@@ -133,11 +137,7 @@ class ClusterSettings:
     def from_dict(cls, data, origin: str = "cluster") -> "ClusterSettings":
         if data is None:
             return cls()
-        if not isinstance(data, dict):
-            _fail(origin, "cluster", f"expected a mapping, got {type(data).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        check_names(data, known, origin, "cluster.", SpecError, "field",
-                    hint="(other slurm parameters go under cluster.extra)")
+        data = _settings_block(cls, data, origin, "cluster", hint="(other slurm parameters go under cluster.extra)")
         data = dict(data)
 
         for name, minimum, optional in (("gpus_per_node", 0, False), ("timeout_min", 1, False),
