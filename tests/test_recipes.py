@@ -1,6 +1,7 @@
 """PromptKD prompts, DHO heads, class-agnostic KDPL, model selection, teacher cache, data-parallel fit."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -323,6 +324,8 @@ def _ddp_worker(rank, world_size, init_file, out_file):
                                          world_size=world_size)
     try:
         torch.save(_train_small(), out_file if rank == 0 else out_file + f".{rank}")
+        torch.distributed.barrier()  # both ranks are past their last collective
+        open(f"{out_file}.done{rank}", "w").close()
     finally:
         torch.distributed.destroy_process_group()
 
@@ -346,7 +349,15 @@ def test_two_process_gloo_run_equals_one_process_on_the_same_global_batch(tmp_pa
 
     single = _train_small()
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    try:
+        mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    except mp.ProcessExitedException as err:
+        # gloo sometimes aborts a process while tearing the group down after the peer has left ("terminate called
+        # without an active exception", about 1 run in 20 on 2 cores). That is past the work: accept it only when
+        # both ranks had finished training, saved, and passed the final barrier.
+        if not all(os.path.exists(f"{out}.done{rank}") for rank in (0, 1)):
+            raise
+        print(f"ignored a gloo teardown abort after both ranks finished: {err}")
     parallel, other_rank = torch.load(out, weights_only=True), torch.load(out + ".1", weights_only=True)
     for name in single:
         torch.testing.assert_close(parallel[name], single[name], rtol=1e-4, atol=1e-5)
