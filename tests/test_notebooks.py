@@ -265,6 +265,14 @@ def test_exercises_are_stubs_with_checks_and_no_notebook_carries_solutions():
                 if c["cell_type"] == "code" and "# your code here" in source(c)]) == 4
 
 
+def test_quickstart_computes_the_numbers_its_prose_states(quickstart_run):
+    from workbench.notebook import check_stated_numbers, stated_numbers
+
+    notebook = NOTEBOOK_DIR / "00_quickstart.ipynb"
+    assert len(stated_numbers(notebook)) >= 6
+    assert check_stated_numbers(notebook, read_json(quickstart_run / "metrics.json")["regime"], smoke=True) == []
+
+
 # ----------------------------------------------------------------------------- 00 concepts
 def test_concepts_computes_every_number_its_prose_states(concepts_run):
     from workbench.notebook import check_stated_numbers, stated_numbers
