@@ -344,6 +344,14 @@ def test_entropy_notebook_reads_the_explorer_runs_without_training(entropy_run, 
         assert is_self_contained_html(entropy_run / file), file
 
 
+def test_entropy_notebook_computes_the_calibration_and_entropy_its_prose_states(entropy_run):
+    from workbench.notebook import check_stated_numbers, stated_numbers
+
+    notebook = NOTEBOOK_DIR / "02_entropy_and_ambiguity.ipynb"
+    assert len(stated_numbers(notebook)) == 6
+    assert check_stated_numbers(notebook, read_json(entropy_run / "metrics.json")["numbers"], smoke=True) == []
+
+
 def test_entropy_gallery_shows_the_top_ambiguity_scores(entropy_run, explorer_run):
     import numpy as np
 
