@@ -333,6 +333,26 @@ def test_entropy_trajectory(tmp_path):
         entropy_trajectory(kd)
 
 
+
+def test_term_push_reads_each_terms_share_and_the_entropy_ends(tmp_path):
+    from workbench.analysis import term_push
+
+    log = tmp_path / "train.jsonl"
+    records = [{"step": 0, "manifold_entropy": 3.0, "grad_norm/kd": 4.0, "grad_norm/ce": 1.0, "grad_norm/ame": 0.5,
+                "grad_norm/total": 5.2, "grad_norm/clipped": 1.0},
+               {"step": 1, "manifold_entropy": 2.0},
+               {"step": 2, "manifold_entropy": 1.0, "grad_norm/kd": 0.0, "grad_norm/ame": 2.0},  # nothing to divide by
+               {"step": 3, "manifold_entropy": 0.5, "grad_norm/kd": 2.0, "grad_norm/ame": 4.0}]
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    push = term_push(log)
+    assert push["steps"].tolist() == [0, 3] and push["share"].tolist() == [0.1, 2.0]  # total, clipped not counted
+    assert push["share_median"] == pytest.approx(1.05) and push["share_max"] == 2.0
+    assert (push["entropy_first"], push["entropy_last"]) == (3.0, 0.5)
+    assert term_push(log, term="kd")["share"].tolist() == [4.0 / 1.5, 0.0, 0.5]
+    log.write_text(json.dumps({"step": 0, "kd_loss": 1.0}) + "\n")  # plain KD: no diagnostics, no H(M)
+    push = term_push(log)
+    assert len(push["share"]) == 0 and math.isnan(push["share_median"]) and math.isnan(push["entropy_first"])
+
 def test_analyze_predictions_combines_every_family():
     from workbench.analysis import analyze_predictions
 

@@ -153,12 +153,12 @@ def test_yaml_spec_overrides_and_shipped_specs(tiny, tmp_path):
                for name in ("quickstart", "ame_ablation", "benchmark_11", "recipe_table")}
     assert len(shipped["quickstart"].runs()) == 3
     ablation = shipped["ame_ablation"]
-    assert len(ablation.runs()) == 2 * 3 * 7 * 3
+    assert len(ablation.runs()) == 2 * 3 * 7 * 5
     assert ablation.grid["ame_weight"] == [0, 1, 5, 10, 25, 50, 100] and ablation.grid["shots"] == [1, 4, 16]
     assert ablation.runs()[0].run_id == "config=configs-logit_kd.yaml__shots=1__ame_weight=0__seed=0"
     assert len(shipped["benchmark_11"].runs()) == 11 * 2 * 2 * 3
     table = shipped["recipe_table"]
-    assert len(table.runs()) == 5 * 3 * 2 * 3 and table.in_process
+    assert len(table.runs()) == 5 * 3 * 2 * 5 and table.in_process
     for config in table.grid["config"]:  # every recipe config exists and parses
         assert (sweeps.REPO_ROOT / config).is_file(), config
 
@@ -251,6 +251,25 @@ def test_report_summarises_seeds_and_pairs_on_with_off(sweep, tmp_path):
     assert "| w=0 | w=5 | 5 − 0 [95% CI] | n | p, Holm over 1 |" in markdown  # the sweep values are the columns
     assert "| 0.5000 ± 0.7071 | 10.5000 ± 0.7071 | +10.0000 [+10.0000, +10.0000] | 2 | 0.0000 |" in markdown
 
+
+
+def test_report_reads_the_training_dynamics_of_the_on_runs(sweep, tmp_path):
+    _, output, _ = sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(output, copy)
+    for seed, (first, last, ame) in enumerate([(3.0, 1.0, 0.5), (4.0, 2.0, 4.0)]):  # the w = 5 runs' logs
+        records = [{"step": 0, "manifold_entropy": first, "grad_norm/kd": 2.0, "grad_norm/ame": ame},
+                   {"step": 9, "manifold_entropy": last, "grad_norm/kd": 1.0, "grad_norm/ame": 0.0}]
+        (copy / f"w=5__seed={seed}" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (copy / "w=0__seed=0" / "train.jsonl").write_text(json.dumps({"step": 0, "grad_norm/kd": 1.0}) + "\n")
+    report = build_report(copy, report_dir=tmp_path / "report")
+    assert report["dynamics"] == [{"w": 5, "runs": 2, "entropy_first": 3.5, "entropy_last": 1.5,
+                                   "ame_share_median": 0.125, "ame_share_max": 2.0}]  # shares 0.25, 0, 2, 0
+    assert read_csv(report["dynamics_csv"])[0]["ame_share_max"] == "2.0"
+    assert "**Training dynamics** of the w = 5 runs" in report["markdown"].read_text()
+    assert "Training dynamics of the w = 5 runs" in report["html"].read_text()
+    plain = build_report(output, report_dir=tmp_path / "plain")  # no logs: no section, no file
+    assert plain["dynamics"] == [] and plain["dynamics_csv"] is None
 
 def test_changed_code_or_parameters_make_finished_runs_stale(sweep, tmp_path):
     spec, output, _ = sweep

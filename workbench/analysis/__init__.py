@@ -15,7 +15,7 @@ Groups of functions:
 - the shared image-text space: :func:`alignment_metrics`, :func:`effective_rank`,
   :func:`knn_agreement`;
 - several seeds: :func:`seed_summary`, :func:`paired_comparison`, :func:`bootstrap_interval`;
-- training logs: :func:`entropy_trajectory`.
+- training logs: :func:`entropy_trajectory`, :func:`term_push` (a loss term's gradient share).
 """
 
 from __future__ import annotations
@@ -34,5 +34,5 @@ from .statistics import (  # noqa: F401
     BOOTSTRAP_METHODS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, holm_adjust, paired_comparison, seed_summary,
 )
 from .run_analysis import (  # noqa: F401
-    ame_sample_entropy, analyze_predictions, analyze_run, compare_run_dirs, entropy_trajectory,
+    ame_sample_entropy, analyze_predictions, analyze_run, compare_run_dirs, entropy_trajectory, term_push,
 )

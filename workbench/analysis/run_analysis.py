@@ -45,6 +45,46 @@ def entropy_trajectory(log_path: str | os.PathLike, key: str = "manifold_entropy
             "n": len(values), "runs": len(runs)}
 
 
+
+def term_push(log_path: str | os.PathLike, term: str = "ame") -> dict:
+    """How hard one loss term pushed the student over a run, from the gradient diagnostics of its log.
+
+    :func:`workbench.train.fit` logs, every few steps, the norm of the gradient each loss term alone sends
+    to the student's trained parameters (``grad_norm/<term>``). At each such step the term's *share* is its
+    norm divided by the sum of the other terms' norms (the sum bounds the norm of their combined gradient
+    from above, so the share is, if anything, generous to ``term``).
+
+    Returns
+    -------
+    dict
+        ``steps`` and ``share`` (np.ndarray, one entry per diagnosed step where the others push at all);
+        ``share_median``, ``share_max`` (NaN without diagnostics); ``entropy_first``, ``entropy_last``: H(M)
+        at the first and last logged step (NaN when the run had no AME).
+    """
+    from ..runs import read_log_runs
+    from ..train import GRAD_NORM_PREFIX
+
+    runs = read_log_runs(log_path)
+    last = runs[-1] if runs else []
+    steps, shares = [], []
+    own = GRAD_NORM_PREFIX + term
+    summed = {GRAD_NORM_PREFIX + "total", GRAD_NORM_PREFIX + "clipped", own}
+    for record in last:
+        if own not in record:
+            continue
+        others = sum(float(v) for k, v in record.items() if k.startswith(GRAD_NORM_PREFIX) and k not in summed)
+        if others > 0:
+            steps.append(int(record["step"]))
+            shares.append(float(record[own]) / others)
+    share = np.array(shares, dtype=np.float64)
+    entropy = entropy_trajectory(log_path)["values"]
+    nan = float("nan")
+    return {"steps": np.array(steps, dtype=np.int64), "share": share,
+            "share_median": float(np.median(share)) if len(share) else nan,
+            "share_max": float(share.max()) if len(share) else nan,
+            "entropy_first": float(entropy[0]) if len(entropy) else nan,
+            "entropy_last": float(entropy[-1]) if len(entropy) else nan}
+
 # ---------------------------------------------------------------- one call for one model on one split
 
 def analyze_predictions(student_logits, labels, image_features, class_vectors, teacher_logits=None,

@@ -8,6 +8,7 @@ import html
 import json
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -127,6 +128,46 @@ def summarize(records: list[dict], settings: ReportSettings = ReportSettings()) 
             "missing_metrics": missing, "summary": summary, "paired": paired}
 
 
+def training_dynamics(output: str | os.PathLike, records: list[dict], groups: list[str],
+                      settings: ReportSettings = ReportSettings(), term: str = "ame") -> list[dict]:
+    """What the ``on_value`` runs' training logs say about the regulariser, one row per group.
+
+    Reads each done run's ``train.jsonl`` (:func:`workbench.analysis.term_push`): H(M) at the first and last
+    logged step (means over the runs) and ``term``'s gradient share on the student, pooled over every
+    diagnosed step of the group's runs (median and maximum). Groups whose runs logged no diagnostics are left
+    out; ``groups`` are :func:`summarize`'s.
+    """
+    from ..analysis import term_push
+    from ..runs import RunDir
+
+    output = Path(output)
+    pooled: dict[tuple, list] = {}
+    for r in records:
+        parameters = r.get("parameters", {})
+        if r["status"] != "done" or _norm(parameters.get(settings.sweep)) != _norm(settings.on_value):
+            continue
+        try:
+            log = RunDir.find(output / r["run_id"], needs="log").log
+        except FileNotFoundError:
+            continue
+        key = tuple(_norm(parameters.get(g, r.get(g))) for g in groups)
+        pooled.setdefault(key, []).append((r, term_push(log, term)))
+    rows = []
+    for key in sorted(pooled, key=lambda k: [_sort_key(json.loads(v)) for v in k]):
+        pushes = [p for _, p in pooled[key]]
+        shares = [s for p in pushes for s in p["share"]]
+        if not shares:
+            continue
+        first = [p["entropy_first"] for p in pushes if _finite(p["entropy_first"])]
+        last = [p["entropy_last"] for p in pushes if _finite(p["entropy_last"])]
+        rows.append({**{g: json.loads(v) for g, v in zip(groups, key)}, settings.sweep: settings.on_value,
+                     "runs": len(pushes), "entropy_first": sum(first) / len(first) if first else math.nan,
+                     "entropy_last": sum(last) / len(last) if last else math.nan,
+                     f"{term}_share_median": statistics.median(shares),
+                     f"{term}_share_max": float(max(shares))})
+    return rows
+
+
 def report_figures(result: dict, settings: ReportSettings = ReportSettings()) -> list:
     """Plotly figures of :func:`summarize`'s result, per metric: the sweep curve (mean ± std over seeds),
     on vs off bars per group and the paired difference with its confidence interval."""
@@ -241,6 +282,9 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
     paired_cols = ["off", "metric", "n", "mean_on", "mean_off", "mean_diff", "ci_low", "ci_high", "p_value",
                    "exceeds_noise", "p_holm", "comparisons", "holds_after_holm", "seeds"]
     paired_csv = _write_text(report_dir / "paired.csv", _csv_text(groups + paired_cols, result["paired"]))
+    dynamics = training_dynamics(output, records, result["groups"], settings) if result["sweep"] else []
+    dynamics_csv = (_write_text(report_dir / "dynamics.csv", _csv_text(list(dynamics[0]), dynamics))
+                    if dynamics else None)
 
     counts = {}
     for r in records:
@@ -277,6 +321,11 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
               _num(r["p_value"]), "yes" if r["exceeds_noise"] else "no",
               f"{_num(r['p_holm'])} of {r['comparisons']}", "yes" if r["holds_after_holm"] else "no"]
              for r in result["paired"]]))
+    if dynamics:
+        parts.append(f"<h2>Training dynamics of the {html.escape(str(result['sweep']))} = "
+                     f"{html.escape(str(settings.on_value))} runs</h2>")
+        parts.append(_html_table(list(dynamics[0]), [[_num(v) if isinstance(v, float) else v for v in r.values()]
+                                                     for r in dynamics]))
     if result["summary"]:
         parts.append("<h2>Summary over seeds</h2>")
         parts.append(_html_table(
@@ -293,15 +342,16 @@ def build_report(output: str | os.PathLike, settings: ReportSettings | None = No
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(record.get('name', output.name))}"
             f" report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
     report_html = _write_text(report_dir / "report.html", page)
-    report_md = _write_text(report_dir / "report.md", markdown_report(result, settings))
-    return {"summary_csv": summary_csv, "paired_csv": paired_csv, "html": report_html, "markdown": report_md,
-            "result": result, "counts": counts}
+    report_md = _write_text(report_dir / "report.md", markdown_report(result, settings, dynamics))
+    return {"summary_csv": summary_csv, "paired_csv": paired_csv, "dynamics_csv": dynamics_csv, "html": report_html,
+            "markdown": report_md, "result": result, "counts": counts, "dynamics": dynamics}
 
 
-def markdown_report(result: dict, settings: ReportSettings = ReportSettings()) -> str:
+def markdown_report(result: dict, settings: ReportSettings = ReportSettings(), dynamics: list[dict] = ()) -> str:
     """One Markdown table per metric: a row per group, ``mean ± std`` over seeds per sweep value, and the
     paired difference ``on_value − off_value`` with its CI, the number of seed pairs n and the Holm-adjusted
-    p-value over all the metric's comparisons (what README tables quote)."""
+    p-value over all the metric's comparisons (what README tables quote); then, when given,
+    :func:`training_dynamics`' rows."""
     groups, sweep = result["groups"], result["sweep"]
     pct = int(round(100 * settings.confidence))
     sections = []
@@ -331,5 +381,14 @@ def markdown_report(result: dict, settings: ReportSettings = ReportSettings()) -
                 row += ([f"{_num(d['mean_diff'], True)} [{_num(d['ci_low'], True)}, {_num(d['ci_high'], True)}]",
                          str(d["n"]), _num(d["p_holm"])] if d else ["–", "–", "–"])
             lines.append("| " + " | ".join(row) + " |")
+        sections.append("\n".join(lines))
+    if dynamics:
+        header = list(dynamics[0])
+        lines = [f"**Training dynamics** of the {result['sweep']} = {settings.on_value} runs: H(M) at the first and "
+                 "last logged step (mean over runs); AME's gradient on the student divided by the other terms' "
+                 "(summed norms), median and maximum over every diagnosed step of the runs", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(groups) + "---:|" * (len(header) - len(groups))]
+        for r in dynamics:
+            lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
         sections.append("\n".join(lines))
     return "\n\n".join(sections) + "\n"
