@@ -329,6 +329,27 @@ def test_explorer_displays_the_widget_and_saves_the_comparison(explorer_run):
     assert "Plotly.addFrames" in (explorer_run / "comparison_animated.html").read_text()
 
 
+def test_explorer_computes_the_numbers_its_prose_states(explorer_run):
+    from workbench.notebook import check_stated_numbers, stated_numbers
+
+    notebook = NOTEBOOK_DIR / "01_manifold_explorer.ipynb"
+    assert len(stated_numbers(notebook)) == 8
+    assert check_stated_numbers(notebook, read_json(explorer_run / "metrics.json")["numbers"], smoke=True) == []
+
+
+def test_explorer_runs_each_recipe_with_its_own_config_file(explorer_run):
+    from workbench.experiment import load_experiment_config
+
+    official = load_experiment_config(NOTEBOOK_DIR.parent / "configs" / "logit_kd.yaml").distill
+    trained = read_json(explorer_run / "kd" / "config.json")
+    assert trained["setting"] == "inductive" and trained["preset"] == "smoke"
+    optim = trained["distill"]["optim"]
+    assert optim["epochs"] == 2  # smoke shortens the run; everything else is the recipe's, not the preset's
+    assert {k: optim[k] for k in ("lr", "batch_size", "warmup_fraction", "optimizer", "grad_clip")} == {
+        "lr": official.optim.lr, "batch_size": official.optim.batch_size, "warmup_fraction": 0.05,
+        "optimizer": official.optim.optimizer, "grad_clip": official.optim.grad_clip}
+
+
 # ----------------------------------------------------------------------------- 02 entropy and ambiguity
 def test_entropy_notebook_reads_the_explorer_runs_without_training(entropy_run, explorer_run):
     metrics = read_json(entropy_run / "metrics.json")
@@ -366,10 +387,10 @@ def test_entropy_gallery_shows_the_top_ambiguity_scores(entropy_run, explorer_ru
 
 
 # ----------------------------------------------------------------------------- 03 ablation
-def test_ablation_runs_a_two_point_sweep_and_writes_the_report(ablation_run):
+def test_ablation_runs_a_small_sweep_over_five_seeds_and_writes_the_report(ablation_run):
     sweep = ablation_run / "sweep"
     metrics = read_json(ablation_run / "metrics.json")
-    assert metrics["runs"] == {"done": 2}
+    assert metrics["runs"] == {"done": 10}  # omega 0 and 50 x seeds 0-4
     assert (sweep / "index.csv").is_file() and (sweep / "pipeline.json").is_file()
     assert sorted({r["ame_weight"] for r in metrics["summary"]}) == [0, 50]
     assert [r["ame_weight"] for r in metrics["paired"]] == [50]
@@ -377,6 +398,21 @@ def test_ablation_runs_a_two_point_sweep_and_writes_the_report(ablation_run):
         assert (ablation_run / "report" / file).is_file()
     assert is_self_contained_html(ablation_run / "report" / "report.html")
     assert is_self_contained_html(ablation_run / "training_curves.html")
+
+
+def test_ablation_states_the_effect_with_its_interval_and_corrections(ablation_run):
+    from workbench.analysis import holm_adjust
+    from workbench.notebook import check_stated_numbers, stated_numbers
+
+    notebook = NOTEBOOK_DIR / "03_ame_ablation.ipynb"
+    numbers = read_json(ablation_run / "metrics.json")["numbers"]
+    assert numbers["n"] == 5 and numbers["hm_ci_low"] <= numbers["hm_diff"] <= numbers["hm_ci_high"]
+    assert numbers["hm_diff"] == pytest.approx(numbers["hm_on"] - numbers["hm_off"])
+    metrics = ("hm", "base_acc", "new_acc")
+    assert [numbers[f"{m}_p_holm_metrics"] for m in metrics] == pytest.approx(
+        holm_adjust([numbers[f"{m}_p"] for m in metrics]).tolist())
+    assert len(stated_numbers(notebook)) >= 6
+    assert check_stated_numbers(notebook, numbers, smoke=True) == []
 
 
 # ----------------------------------------------------------------------------- 04 tutorial
@@ -396,6 +432,14 @@ def test_tutorial_demonstrates_what_it_claims(tutorial_run):
     # the reference solutions (notebooks/solutions/) pass every exercise's check
     assert read_json(tutorial_run / "metrics.json")["exercises"] == dict.fromkeys(
         ("uniform_manifold", "omega_sweep", "per_sample_runs", "entropy_by_batch"), "correct")
+
+
+def test_tutorial_computes_the_numbers_its_prose_states(tutorial_run):
+    from workbench.notebook import check_stated_numbers, stated_numbers
+
+    notebook = NOTEBOOK_DIR / "04_tutorial_entropy_minimization.ipynb"
+    assert len(stated_numbers(notebook)) == 14
+    assert check_stated_numbers(notebook, read_json(tutorial_run / "metrics.json")["numbers"], smoke=True) == []
 
 
 # ----------------------------------------------------------------------------- 05 benchmark recipe
