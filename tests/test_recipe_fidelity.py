@@ -50,6 +50,8 @@ def test_pinned_row_equals_the_workbench_default(recipe, name):
         actual = config.setting
     elif name.startswith("optim."):
         actual = getattr(config.distill.optim, name.split(".", 1)[1])
+        # the recipe class holds the official optimiser; the config file adds nothing to it
+        assert getattr(recipes.DistillConfig(recipe=recipe).optim, name.split(".", 1)[1]) == actual
     elif name in recipes.RECIPE_FIELDS:
         actual = recipes.REGISTRY[recipe].defaults[name]
         # The config file leaves the recipe's settings to the recipe (so the table is the one place of record).
@@ -70,3 +72,17 @@ def test_dataset_specific_official_values():
         "dtd": 200.0, "flowers102": 200.0, "fgvc_aircraft": 200.0, "caltech101": 1000.0}
     assert recipes.DistillConfig(recipe="promptkd", kd_weight=5.0).resolved("dtd").kd_weight == 5.0  # set wins
     assert recipes.DistillConfig(recipe="kdpl").resolved("embedded_world").kdpl_vocabulary == "embedded_generic"
+
+
+def test_optim_settings_layer_over_the_recipes_own():
+    from workbench.experiment import experiment_config
+    from workbench.train import OptimConfig
+
+    promptkd = recipes.DistillConfig.from_dict({"recipe": "promptkd", "optim": {"epochs": 2}}).optim
+    assert (promptkd.epochs, promptkd.optimizer, promptkd.lr, promptkd.batch_size, promptkd.grad_clip) == (
+        2, "sgd", 0.005, 8, 0.0)  # only the key given changed
+    assert recipes.DistillConfig(recipe="kdpl").optim.warmup_fraction == 0.2  # Python construction, no file
+    overridden = experiment_config(ROOT / "configs" / "dho.yaml", lr=0.01).distill.optim
+    assert (overridden.lr, overridden.epochs, overridden.weight_decay) == (0.01, 200, 0.01)
+    for recipe in recipes.RECIPES:  # every official optimiser is a valid OptimConfig, different from the generic one
+        assert recipes.DistillConfig(recipe=recipe).optim != OptimConfig()

@@ -146,6 +146,9 @@ def from_mapping(cls, data, origin: str = "config", prefix: str = ""):
         where = prefix.rstrip(".") or "the top level"
         raise ConfigError(f"{origin}: {where} must be a mapping of settings (name: value), got "
                           f"{type(data).__name__} {data!r:.80}")
+    layer = getattr(cls, "layer_defaults", None)
+    if layer is not None:  # defaults of nested settings that depend on others (a recipe's optimiser)
+        data = layer(data)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     check_names(data, fields, origin, prefix)
     hints = typing.get_type_hints(cls)

@@ -103,14 +103,17 @@ class StepOutput:
 class Recipe:
     """A distillation recipe: its settings, its trainable modules and its loss terms.
 
-    Subclasses set ``name`` and ``defaults`` — the :class:`~workbench.recipes.DistillConfig` fields the
+    Subclasses set ``name``, ``defaults`` — the :class:`~workbench.recipes.DistillConfig` fields the
     recipe reads, each with the official value of the method's reference code (``docs/recipes.md``
-    gives the source of every value) — build their model in ``__init__`` and implement :meth:`step`.
+    gives the source of every value) — and ``optim_defaults``, the reference's optimisation settings;
+    they build their model in ``__init__`` and implement :meth:`step`.
     """
 
     name: ClassVar[str]
     defaults: ClassVar[dict] = {}  # DistillConfig field -> official default
     dataset_defaults: ClassVar[dict] = {}  # dataset name -> {field: official value for that dataset}
+    # OptimConfig field -> official value; a config's own ``optim`` settings are layered over these
+    optim_defaults: ClassVar[dict] = {}
     needs_labels: ClassVar[bool] = False  # trains on labelled images (label -1 = unlabelled) as well
     scores_in_teacher_space: ClassVar[bool] = False  # evaluated against the teacher's class vectors
 

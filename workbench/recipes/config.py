@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..losses import AME_VARIANTS, FEATURE_DISTANCES, IMAGE_PROJECTIONS, KD_REDUCTIONS
 from ..train import SELECTION_POLICIES, OptimConfig
@@ -57,10 +57,12 @@ class DistillConfig:
     ame_warmup_steps: int = 0  # steps over which omega ramps up linearly; 0 = full weight at once
     selection: str = "last"  # checkpoint kept: "last", "best_val" or "best_base_test" (see ModelSelector)
     teacher_mode: str = "cached"  # "cached": teacher outputs computed once; "live": teacher runs every step
-    optim: OptimConfig = field(default_factory=OptimConfig)  # optimisation settings
+    optim: OptimConfig | None = None  # optimisation settings; None: the recipe's official ones (optim_defaults)
 
     def __post_init__(self):
         cls = recipe_class(self.recipe)
+        if self.optim is None:
+            self.optim = OptimConfig(**cls.optim_defaults)
         for name in RECIPE_FIELDS:
             if getattr(self, name) is not None and name not in cls.defaults:
                 owners = [r for r in RECIPES if name in REGISTRY[r].defaults]
@@ -96,6 +98,16 @@ class DistillConfig:
         if self.kdpl_vocabulary is not None and not (isinstance(self.kdpl_vocabulary, str) and self.kdpl_vocabulary):
             raise ValueError(f"kdpl_vocabulary must be a file path, got {self.kdpl_vocabulary!r}")
 
+    @staticmethod
+    def layer_defaults(data: dict) -> dict:
+        """``data`` with the chosen recipe's official optimiser settings under the ``optim`` keys it sets
+        (:func:`workbench.config.from_mapping` calls it), so that ``optim: {epochs: 2}`` changes the epochs
+        of PromptKD's SGD schedule instead of falling back to the generic defaults."""
+        recipe, optim = data.get("recipe", "logit_kd"), data.get("optim")
+        if recipe not in REGISTRY or not isinstance(optim, dict):
+            return data
+        return {**data, "optim": {**REGISTRY[recipe].optim_defaults, **optim}}
+
     @classmethod
     def from_dict(cls, data: dict, origin: str = "distill") -> "DistillConfig":
         from ..config import from_mapping
@@ -118,4 +130,4 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.default is None)
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.default is None and f.name != "optim")

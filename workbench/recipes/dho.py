@@ -137,6 +137,8 @@ class DHO(Recipe):
     name = "dho"
     needs_labels = True
     defaults = {"temperature": 2.0, "kd_weight": 1.0, "kd_reduction": "batchmean", "dho_label_weight": 0.5}
+    optim_defaults = {"epochs": 200, "batch_size": 64, "lr": 0.001, "weight_decay": 0.01, "warmup_fraction": 0.1,
+                      "grad_clip": 0.0}
 
     def __init__(self, context):
         super().__init__(context)

@@ -24,6 +24,8 @@ class FeatureKD(Recipe):
     name = "feature_kd"
     defaults = {"feature_distance": "mse", "feature_weight": 2000.0, "logit_kd_weight": 0.0,
                 "temperature": 1.0, "kd_weight": 1.0, "kd_reduction": "batchmean"}
+    optim_defaults = {"epochs": 20, "batch_size": 32, "lr": 0.001, "weight_decay": 0.1, "warmup_fraction": 0.05,
+                      "grad_clip": 0.0}
 
     def __init__(self, context):
         super().__init__(context)

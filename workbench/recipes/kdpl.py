@@ -31,6 +31,8 @@ class KDPL(Recipe):
     # The embedded world's generic names (data_manifests/vocabularies/embedded_generic.txt); a real dataset
     # needs a dictionary of its own (the reference's 20,930 names are not shipped here).
     dataset_defaults = {"embedded_world": {"kdpl_vocabulary": "embedded_generic"}}
+    optim_defaults = {"epochs": 5, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "momentum": 0.9,
+                      "weight_decay": 0.0005, "warmup_fraction": 0.2, "grad_clip": 0.0}
 
     def __init__(self, context):
         super().__init__(context)

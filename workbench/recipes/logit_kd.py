@@ -19,6 +19,8 @@ def weighted(terms: dict, weight: float) -> dict:
 class LogitKD(Recipe):
     name = "logit_kd"
     defaults = {"temperature": 1.0, "kd_weight": 1.0, "kd_reduction": "batchmean"}
+    # No reference code: the workbench's own baseline (AdamW, clipping at 1.0 as OptimConfig has it).
+    optim_defaults = {"epochs": 20, "batch_size": 32, "lr": 0.0005, "warmup_fraction": 0.05}
 
     def __init__(self, context):
         super().__init__(context)

@@ -37,6 +37,8 @@ class PromptKD(Recipe):
     defaults = {"temperature": 1.0, "kd_weight": 1000.0, "kd_reduction": "mean", "prompt_tokens": 4,
                 "prompt_depth": 9, "prompt_init_std": 0.02, "projector": "mlp", "student_scale": "own"}
     dataset_defaults = {name: {"kd_weight": 200.0} for name in ("fgvc_aircraft", "flowers102", "dtd")}
+    optim_defaults = {"epochs": 20, "batch_size": 8, "lr": 0.005, "optimizer": "sgd", "momentum": 0.9,
+                      "weight_decay": 0.0005, "warmup_fraction": 0.05, "grad_clip": 0.0}
 
     def __init__(self, context):
         super().__init__(context)
