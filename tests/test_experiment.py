@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from workbench.__main__ import main
@@ -199,6 +200,24 @@ def test_teacher_tuning_prompt_tunes_the_teacher_once_and_distils_from_it(tmp_pa
         ExperimentConfig.from_dict({**SMOKE, "augment": True, "teacher_tuning": {"enabled": True},
                                     "distill": {"recipe": "promptkd", "teacher_mode": "live"}})
 
+
+
+def test_embedded_world_runs_promptkds_augmentation_with_the_teacher_live(tmp_path, cache):
+    from workbench.image_sources import AugmentedArrayImages
+    from workbench.task import prepare_task
+
+    settings = {**SMOKE, "cache_dir": cache, "distill": {"recipe": "promptkd", "teacher_mode": "live",
+                                                         "optim": {"epochs": 1, "batch_size": 8}}}
+    with pytest.raises(ValueError, match="augment: true needs teacher_mode: live"):
+        ExperimentConfig.from_dict({**settings, "augment": True, "distill": {"recipe": "promptkd"}})
+    augmented = ExperimentConfig.from_dict({**settings, "augment": True})
+    built = prepare_task(augmented, torch.device("cpu"))
+    assert isinstance(built.train_images, AugmentedArrayImages) and built.teacher_train_images is None
+    crops = run_experiment(augmented, tmp_path / "crops")
+    run_experiment(ExperimentConfig.from_dict(settings), tmp_path / "plain")
+    assert 0 <= crops["hm"] <= 1 and json.loads((tmp_path / "crops" / "config.json").read_text())["augment"] is True
+    with np.load(tmp_path / "crops" / "embeddings.npz") as a, np.load(tmp_path / "plain" / "embeddings.npz") as b:
+        assert not np.allclose(a["image_features"], b["image_features"])  # other views, another student
 
 def test_dho_run_scores_the_test_images_with_its_mixed_heads(tmp_path, cache):
     from workbench.experiment import ExperimentConfig

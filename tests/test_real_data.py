@@ -125,6 +125,37 @@ def test_manifest_source_decodes_each_batch_and_seeds_its_augmentation(image_fol
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
+
+def test_array_source_draws_promptkds_crops_and_flips_seeded_per_epoch():
+    from workbench.image_sources import ArrayImages, AugmentedArrayImages
+
+    ramp = np.linspace(0, 255, 16, dtype=np.uint8)  # left-to-right ramp: crops and flips change every image
+    images = np.stack([np.broadcast_to(np.roll(ramp, k)[None, :, None], (16, 16, 3)) for k in range(6)]).copy()
+    batches, cpu = [torch.tensor([4, 0, 2]), torch.tensor([1, 5, 3])], torch.device("cpu")
+    views = AugmentedArrayImages(images, seed=3)
+    assert views.augmented and not ArrayImages(images).augmented
+    first = [p for _, p in views.batches(batches, cpu, epoch=0)]
+    assert all(torch.equal(a, b) for a, b in zip(first, [p for _, p in views.batches(batches, cpu, epoch=0)]))
+    assert not any(torch.equal(a, b) for a, b in zip(first, [p for _, p in views.batches(batches, cpu, epoch=1)]))
+    assert not any(torch.equal(a, b) for a, b in zip(first, [p for _, p in ArrayImages(images).batches(batches, cpu)]))
+    assert first[0].shape == (3, 3, 16, 16) and views.subset([1, 2]).seed == 3
+    assert views.fingerprint() != ArrayImages(images).fingerprint()
+    # The crop box: 8-100 % of the area, aspect 3/4-4/3, inside the image, the whole range drawn
+    rng = np.random.default_rng(0)
+    boxes = [views.crop_box(rng, 64, 64) for _ in range(2000)]
+    areas = np.array([h * w / 64 ** 2 for _, _, h, w in boxes])
+    assert all(0 <= t and 0 <= l and t + h <= 64 and l + w <= 64 for t, l, h, w in boxes)
+    assert areas.min() < 0.1 and areas.max() > 0.95 and all(0.7 < w / h < 1.4 for _, _, h, w in boxes)
+    # Whole-image "crops": every view is the image or its mirror, and both occur
+    flips = AugmentedArrayImages(images, seed=3, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    plain = torch.cat([p for _, p in ArrayImages(images).batches(batches, cpu)])
+    seen = torch.cat([p for epoch in range(3) for _, p in flips.batches(batches, cpu, epoch=epoch)])
+    same = [torch.allclose(v, o, atol=1e-5) for v, o in zip(seen, plain.repeat(3, 1, 1, 1))]
+    mirrored = [torch.allclose(v, o.flip(-1), atol=1e-5) for v, o in zip(seen, plain.repeat(3, 1, 1, 1))]
+    assert all(a or b for a, b in zip(same, mirrored)) and any(same) and any(mirrored)
+    with pytest.raises(ValueError, match="crop scale must satisfy"):
+        AugmentedArrayImages(images, scale=(0.5, 0.2))
+
 def test_view_adapter_maps_one_models_pixels_to_anothers():
     student = {"size": (24, 24), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     teacher = {"size": (32, 32), "mean": (0.48, 0.46, 0.41), "std": (0.27, 0.26, 0.28)}

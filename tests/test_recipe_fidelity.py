@@ -84,5 +84,7 @@ def test_optim_settings_layer_over_the_recipes_own():
     assert recipes.DistillConfig(recipe="kdpl").optim.warmup_fraction == 0.2  # Python construction, no file
     overridden = experiment_config(ROOT / "configs" / "dho.yaml", lr=0.01).distill.optim
     assert (overridden.lr, overridden.epochs, overridden.weight_decay) == (0.01, 200, 0.01)
+    with pytest.raises(ValueError, match="recipe"):  # a recipe that is no name is refused, not layered
+        recipes.DistillConfig.from_dict({"recipe": ["x"], "optim": {"epochs": 2}})
     for recipe in recipes.RECIPES:  # every official optimiser is a valid OptimConfig, different from the generic one
         assert recipes.DistillConfig(recipe=recipe).optim != OptimConfig()

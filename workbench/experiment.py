@@ -68,7 +68,8 @@ class ExperimentConfig:
     student: dict | str | None = None  # replaces the pair's student
     protocol: str = "base_to_new"  # "base_to_new", "cross_dataset" or "domain_generalization"
     targets: list = field(default_factory=list)  # transfer protocols: evaluated datasets; [] = evaluation_sets.yaml
-    augment: bool = False  # manifest data: open_clip's train augmentation for the student (teacher runs live)
+    augment: bool = False  # student views augmented (manifests: open_clip's train transform; embedded world:
+    # PromptKD's random resized crop + flip); the teacher runs live on the same views
     workers: int = 4  # DataLoader worker processes decoding manifest images
     on_error: str = "error"  # unreadable image: "error" (names the file) or "skip"
     preset: str = "full"  # variant of presets/quickstart.yaml: world sizes, teacher and student pretraining

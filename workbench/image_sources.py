@@ -101,6 +101,64 @@ class ArrayImages:
         return self.images
 
 
+
+class AugmentedArrayImages(ArrayImages):
+    """In-memory images under PromptKD's train augmentation (its config: ``random_resized_crop``, ``random_flip``).
+
+    Each image of a batch gets a random crop of 8–100 % of its area, aspect ratio 3/4–4/3, resized back to the
+    image's size (bilinear, antialiased), and a horizontal flip with probability 1/2, drawn from
+    ``(seed, epoch, index)`` so that a run repeats exactly and each epoch sees new views. A live teacher gets the
+    same pixels as the student (``augmented`` tells the recipes to run it live).
+    """
+
+    augmented = True
+
+    def __init__(self, images: np.ndarray | torch.Tensor, seed: int = 0, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        super().__init__(images)
+        if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"crop scale must satisfy 0 < low <= high <= 1 and ratio 0 < low <= high; got "
+                             f"scale={scale}, ratio={ratio}")
+        self.seed, self.scale, self.ratio = int(seed), tuple(scale), tuple(ratio)
+
+    def fingerprint(self) -> str:
+        return f"{super().fingerprint()}-rrc{self.scale}{self.ratio}-flip-seed{self.seed}"
+
+    def subset(self, indices) -> "AugmentedArrayImages":
+        return AugmentedArrayImages(self.images[np.asarray(indices)], self.seed, self.scale, self.ratio)
+
+    def crop_box(self, rng: np.random.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` as torchvision's RandomResizedCrop draws it (ten tries, then the central crop)."""
+        area = height * width
+        log_ratio = np.log(self.ratio)
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+        aspect = width / height
+        if aspect < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            h, w = height, width
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def batches(self, index_batches: Sequence[torch.Tensor], device: torch.device,
+                epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for indices, pixels in super().batches(index_batches, device, epoch):
+            height, width = pixels.shape[-2:]
+            views = []
+            for image, index in zip(pixels, indices.tolist()):
+                rng = np.random.default_rng((self.seed, epoch, index))
+                top, left, h, w = self.crop_box(rng, height, width)
+                view = F.interpolate(image[None, :, top:top + h, left:left + w], size=(height, width),
+                                     mode="bilinear", align_corners=False, antialias=True)[0]
+                views.append(view.flip(-1) if rng.random() < 0.5 else view)
+            yield indices, torch.stack(views)
+
 class _SeededView(Dataset):
     """Sample ``i`` of a manifest split through ``transform``, its randomness seeded by (seed, epoch, i)."""
 

@@ -228,14 +228,11 @@ def _embedded_setup(preset_name: str, cache_dir: str, device: str) -> dict:
 
 def _embedded_task(config, device: torch.device) -> Task:
     from . import protocol
-    from .image_sources import ArrayImages
+    from .image_sources import ArrayImages, AugmentedArrayImages
 
     if config.protocol != "base_to_new":
         raise ValueError(f"protocol {config.protocol!r} needs target datasets; the embedded world has one class "
                          "vocabulary and no shifted domains yet, so it runs 'base_to_new' only")
-    if config.augment:
-        raise ValueError("augment: the embedded world's images are rendered with their nuisance factors already; "
-                         "augmentation applies to manifest datasets")
     setup = _embedded_setup(config.preset, str(Path(config.cache_dir).resolve()), str(device))
     spec, splits, vectors = setup["spec"], setup["splits"], setup["class_vectors"]
     base, new = protocol.base_new_split(len(spec.class_names))
@@ -248,12 +245,15 @@ def _embedded_task(config, device: torch.device) -> Task:
         vocabulary = (build_class_vectors(setup["teacher"], setup["tokenizer"], names, spec.prompt_templates,
                                           device=device).cpu(), None)
     train_images = ArrayImages(train.images[positions])
+    # PromptKD's crop-and-flip views for the student; the live teacher sees the same pixels (no cached view)
+    student_train = AugmentedArrayImages(train_images.images, seed=config.seed) if config.augment else train_images
     test_images = ArrayImages(test.images)
     base_mask = np.isin(test.labels, base)
     evaluation = EvalSet(EMBEDDED_WORLD, test_images, test_images, np.asarray(test.labels), list(spec.class_names),
                          vectors, None, base, new, np.asarray(test.ambiguity), test.images, np.asarray(test.partner))
     return Task(EMBEDDED_WORLD, config.protocol, setup["teacher"], copy.deepcopy(setup["student"]),
-                list(spec.class_names), vectors, None, train_images, train_images, train_labels,
+                list(spec.class_names), vectors, None, student_train, None if config.augment else train_images,
+                train_labels,
                 _distilled_classes(base, len(spec.class_names), config),
                 (ArrayImages(train.images[validation]), train.labels[validation]),
                 (ArrayImages(test.images[base_mask]), test.labels[base_mask]), [evaluation],

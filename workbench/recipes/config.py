@@ -104,7 +104,7 @@ class DistillConfig:
         (:func:`workbench.config.from_mapping` calls it), so that ``optim: {epochs: 2}`` changes the epochs
         of PromptKD's SGD schedule instead of falling back to the generic defaults."""
         recipe, optim = data.get("recipe", "logit_kd"), data.get("optim")
-        if recipe not in REGISTRY or not isinstance(optim, dict):
+        if not isinstance(recipe, str) or recipe not in REGISTRY or not isinstance(optim, dict):
             return data
         return {**data, "optim": {**REGISTRY[recipe].optim_defaults, **optim}}
 
