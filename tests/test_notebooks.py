@@ -438,7 +438,7 @@ def test_tutorial_computes_the_numbers_its_prose_states(tutorial_run):
     from workbench.notebook import check_stated_numbers, stated_numbers
 
     notebook = NOTEBOOK_DIR / "04_tutorial_entropy_minimization.ipynb"
-    assert len(stated_numbers(notebook)) == 14
+    assert len(stated_numbers(notebook)) == 16
     assert check_stated_numbers(notebook, read_json(tutorial_run / "metrics.json")["numbers"], smoke=True) == []
 
 
