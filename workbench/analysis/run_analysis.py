@@ -77,7 +77,7 @@ def term_push(log_path: str | os.PathLike, term: str = "ame") -> dict:
             steps.append(int(record["step"]))
             shares.append(float(record[own]) / others)
     share = np.array(shares, dtype=np.float64)
-    entropy = entropy_trajectory(log_path)["values"]
+    entropy = [float(r["manifold_entropy"]) for r in last if "manifold_entropy" in r]  # as entropy_trajectory, one read
     nan = float("nan")
     return {"steps": np.array(steps, dtype=np.int64), "share": share,
             "share_median": float(np.median(share)) if len(share) else nan,

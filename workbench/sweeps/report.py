@@ -151,10 +151,10 @@ def training_dynamics(output: str | os.PathLike, records: list[dict], groups: li
         except FileNotFoundError:
             continue
         key = tuple(_norm(parameters.get(g, r.get(g))) for g in groups)
-        pooled.setdefault(key, []).append((r, term_push(log, term)))
+        pooled.setdefault(key, []).append(term_push(log, term))
     rows = []
     for key in sorted(pooled, key=lambda k: [_sort_key(json.loads(v)) for v in k]):
-        pushes = [p for _, p in pooled[key]]
+        pushes = pooled[key]
         shares = [s for p in pushes for s in p["share"]]
         if not shares:
             continue
