@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.analysis import (alignment_metrics, ambiguity_agreement, ambiguity_score,
+from workbench.analysis import (alignment_metrics, ambiguity_agreement, ambiguity_confounds, ambiguity_score,
                                 calibration_metrics, classification_metrics, compare_runs,
                                 effective_rank, entropy_trajectory, knn_agreement,
                                 paired_comparison, per_sample_table, rank_ambiguous, read_table,
@@ -131,6 +131,50 @@ def test_embedded_world_oracle_ambiguity_correlates():
     print(f"oracle ambiguity agreement on the embedded world: {agreement}")
     assert agreement["spearman"] > 0.3
     assert agreement["auroc_ambiguous"] > 0.8
+
+
+def _confounded_scores():
+    """Ambiguous samples score their mixing weight (0.05-0.45); clean ones about 0.02, occluded clean ones 0.27."""
+    rng = np.random.default_rng(1)
+    a = np.zeros(40)
+    a[20:] = np.linspace(0.05, 0.45, 20)
+    occluded = np.zeros(40, bool)
+    occluded[:5] = True
+    noise = rng.uniform(0, 8, 40)
+    score = np.where(a > 0, a, 0.02) + np.where(occluded & (a == 0), 0.25, 0.0) + 1e-3 * noise * (a == 0)
+    return score, a, {"occluded": occluded, "noise": noise, "background": np.array(["dark", "light"] * 20)}
+
+
+def test_ambiguity_confounds_names_what_holds_auroc_down():
+    score, a, factors = _confounded_scores()
+    out = ambiguity_confounds(score, a, factors, weight_thresholds=(0.0, 0.3))
+    assert out["auroc"] == pytest.approx(ambiguity_agreement(score, a)["auroc_ambiguous"])
+    assert out["auroc"] < 0.9
+    occluded = {r["value"]: r for r in out["by_value"] if r["factor"] == "occluded"}
+    assert occluded[True]["n_clean"] == 5 and occluded[True]["n_ambiguous"] == 0
+    assert occluded[False]["n_clean"] == 15 and occluded[False]["n_ambiguous"] == 20
+    assert occluded[True]["clean_score_mean"] > occluded[False]["clean_score_mean"] + 0.2
+    # without the occluded clean samples every ambiguous sample (weight >= 0.05) outranks every clean one
+    assert occluded[True]["auroc_without_clean"] == pytest.approx(1.0)
+    assert occluded[False]["auroc_within"] == pytest.approx(1.0)
+    assert math.isnan(occluded[True]["auroc_within"])  # no ambiguous sample is occluded
+    assert {r["value"] for r in out["by_value"] if r["factor"] == "background"} == {"dark", "light"}
+    assert out["clean_spearman"]["noise"] > 0.3  # clean scores rise with noise by construction
+    assert [r["n_ambiguous"] for r in out["by_weight"]] == [20, int((a > 0.3).sum())]
+    assert out["by_weight"][0]["auroc"] == pytest.approx(out["auroc"])
+    assert out["by_weight"][1]["auroc"] == pytest.approx(1.0)  # weights > 0.3 outscore even occluded clean ones
+
+
+def test_ambiguity_confounds_rejects_bad_input():
+    score, a, factors = _confounded_scores()
+    with pytest.raises(ValueError, match="factors\\['noise'\\] has 39 entries for 40"):
+        ambiguity_confounds(score, a, factors | {"noise": factors["noise"][:-1]})
+    with pytest.raises(ValueError, match="both clean"):
+        ambiguity_confounds(score, np.zeros(40), factors)
+    with pytest.raises(ValueError, match="weight_thresholds"):
+        ambiguity_confounds(score, a, factors, weight_thresholds=(1.5,))
+    with pytest.raises(ValueError, match="dict"):
+        ambiguity_confounds(score, a, [factors["noise"]])
 
 
 # ----------------------------------------------------------------------------- two runs

@@ -8,7 +8,8 @@ or values raise ``ValueError`` with a message naming the argument.
 Groups of functions:
 
 - per sample: :func:`per_sample_table`, :func:`write_table`, :func:`read_table`;
-- ambiguity: :func:`ambiguity_score`, :func:`rank_ambiguous`, :func:`ambiguity_agreement`;
+- ambiguity: :func:`ambiguity_score`, :func:`rank_ambiguous`, :func:`ambiguity_agreement`,
+  :func:`ambiguity_confounds` (what holds a score's AUROC down);
 - two runs on the same samples: :func:`compare_runs`;
 - one run: :func:`classification_metrics`, :func:`calibration_metrics`,
   :func:`reliability_bins`;
@@ -24,7 +25,7 @@ from .tables import (  # noqa: F401
     compare_runs, per_sample_table, read_table, write_table,
 )
 from .ambiguity import (  # noqa: F401
-    SCORE_DEFINITIONS, ambiguity_agreement, ambiguity_score, rank_ambiguous,
+    SCORE_DEFINITIONS, ambiguity_agreement, ambiguity_confounds, ambiguity_score, rank_ambiguous,
 )
 from .metrics import (  # noqa: F401
     DEFAULT_BINS, alignment_metrics, calibration_metrics, classification_metrics, cross_dataset_summary, effective_rank,

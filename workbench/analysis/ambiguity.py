@@ -127,3 +127,72 @@ def ambiguity_agreement(score, true_ambiguity, threshold: float = 0.0) -> dict[s
     ambiguous = a > threshold
     auroc = float(roc_auc_score(ambiguous, s)) if 0 < ambiguous.sum() < len(a) else float("nan")
     return {"spearman": rho, "auroc_ambiguous": auroc}
+
+
+def ambiguity_confounds(score, true_ambiguity, factors: dict, weight_thresholds=(0.1, 0.2)) -> dict:
+    """What holds an ambiguity score's AUROC down: nuisance that makes clean images look torn, or faint blends.
+
+    An AUROC below 1 has two sources: clean samples that score high and ambiguous ones that score low.
+    This splits both by the world's recorded factors so each source can be named and sized.
+
+    Parameters
+    ----------
+    score, true_ambiguity : array-like, shape (N,)
+        As in :func:`ambiguity_agreement` (``true_ambiguity`` 0 for clean samples).
+    factors : dict of str to array-like, shape (N,)
+        Per-sample nuisance factors, e.g. ``WorldSplit.factors``. Boolean and string factors are discrete
+        (one row per value); numeric ones are continuous.
+    weight_thresholds : sequence of float
+        Mixing weights below which ambiguous samples are left out, one row each.
+
+    Returns
+    -------
+    dict
+        ``auroc``: over all samples. ``by_value``: one row per value of each discrete factor with
+        ``factor``, ``value``, ``n_clean``, ``n_ambiguous``, ``clean_score_mean`` (mean score of the clean
+        samples with that value), ``auroc_within`` (clean vs ambiguous among the samples with that value)
+        and ``auroc_without_clean`` (all ambiguous samples against the clean samples *without* that value:
+        how far the AUROC rises when these clean samples are taken away). ``clean_spearman``: per continuous
+        factor, Spearman between it and the score among clean samples. ``by_weight``: per threshold, the
+        AUROC counting only ambiguous samples whose weight exceeds it, and how many those are.
+    """
+    s = _vector(score, "score", min_len=2)
+    a = _vector(true_ambiguity, "true_ambiguity", min_len=2)
+    if s.shape != a.shape:
+        raise ValueError(f"score and true_ambiguity must have the same length; got {len(s)} and {len(a)}")
+    if not isinstance(factors, dict):
+        raise ValueError(f"factors must be a dict of per-sample arrays, got {type(factors).__name__}")
+    ambiguous = a > 0
+    if ambiguous.all() or not ambiguous.any():
+        raise ValueError("true_ambiguity must mark both clean (0) and ambiguous (> 0) samples")
+
+    def auroc(keep: np.ndarray) -> float:
+        positive = ambiguous[keep]
+        return float(roc_auc_score(positive, s[keep])) if 0 < positive.sum() < keep.sum() else float("nan")
+
+    by_value, clean_spearman = [], {}
+    for name, column in factors.items():
+        values = np.asarray(column)
+        if values.shape != s.shape:
+            raise ValueError(f"factors[{name!r}] has {len(values)} entries for {len(s)} samples")
+        if values.dtype.kind in "fiu":
+            clean_values = values[~ambiguous].astype(np.float64)
+            clean_spearman[name] = (float(stats.spearmanr(clean_values, s[~ambiguous]).statistic)
+                                    if np.ptp(clean_values) > 0 and np.ptp(s[~ambiguous]) > 0 else float("nan"))
+            continue
+        for value in np.unique(values):
+            has = values == value
+            by_value.append({
+                "factor": name, "value": value.item() if hasattr(value, "item") else value,
+                "n_clean": int((has & ~ambiguous).sum()), "n_ambiguous": int((has & ambiguous).sum()),
+                "clean_score_mean": float(s[has & ~ambiguous].mean()) if (has & ~ambiguous).any() else float("nan"),
+                "auroc_within": auroc(has), "auroc_without_clean": auroc(ambiguous | ~has)})
+    by_weight = []
+    for threshold in weight_thresholds:
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 <= threshold < 1:
+            raise ValueError(f"weight_thresholds must hold numbers in [0, 1), got {threshold!r}")
+        kept = ~ambiguous | (a > threshold)
+        by_weight.append({"min_weight": float(threshold), "n_ambiguous": int((a > threshold).sum()),
+                          "auroc": auroc(kept)})
+    return {"auroc": auroc(np.ones_like(ambiguous)), "by_value": by_value, "clean_spearman": clean_spearman,
+            "by_weight": by_weight}
