@@ -482,6 +482,18 @@ def test_benchmark_recipe_trains_and_explores_a_run_on_the_stand_in_images(bench
     assert is_self_contained_html(benchmark_recipe_run / "ambiguity_gallery.html")
 
 
+def test_benchmark_recipe_states_what_a_reader_should_see(benchmark_recipe_run):
+    """The pair's image-tower sizes (smoke: the embedded pair's) and the sweep's plan, checked against the run."""
+    from workbench.notebook import check_stated_numbers, stated_numbers
+
+    notebook = NOTEBOOK_DIR / "05_real_benchmark_recipe.ipynb"
+    assert len(stated_numbers(notebook)) == 6
+    numbers = read_json(benchmark_recipe_run / "metrics.json")["numbers"]
+    assert check_stated_numbers(notebook, numbers, smoke=True) == []
+    assert numbers["image_params_ratio"] == pytest.approx(numbers["teacher_image_params_m"]
+                                                          / numbers["student_image_params_m"])
+
+
 # ----------------------------------------------------------------------------- nbval
 def nbval_parameters(name: str, runs: dict, cache: str, tmp_path):
     """Smoke parameters of ``name`` for the nbval run: reuse the papermill runs' outputs where a
