@@ -227,6 +227,26 @@ def test_augmented_runs_need_the_live_teacher_and_see_the_same_view(image_folder
     assert 0 <= metrics["hm"] <= 1
 
 
+def test_kdpl_coop_scores_the_test_classes_through_the_learned_context(image_folder, tiny_pair, tmp_path):
+    from safetensors.torch import load_file
+
+    from workbench.prompts import TextContext
+
+    config = _config(image_folder, tiny_pair, tmp_path, recipe="kdpl", kdpl_prompts="coop", epochs=2, lr=0.05)
+    metrics = run_experiment(config, tmp_path / "run")
+    assert 0 <= metrics["hm"] <= 1
+    saved = load_file(str(tmp_path / "run" / "recipe_modules.safetensors"))
+    assert list(saved) == ["prompts.context"] and saved["prompts.context"].shape[1] == 32
+    loaded = models.load_model(tiny_pair["student"])
+    context = TextContext(loaded.model, loaded.tokenizer)
+    start = context(task.resolve_dataset(f"imagefolder:{image_folder}").classnames).detach()
+    context.load_state_dict({"context": saved["prompts.context"]})
+    learned = context(task.resolve_dataset(f"imagefolder:{image_folder}").classnames).detach().numpy()
+    text_features = np.load(tmp_path / "run" / "embeddings.npz")["text_features"]
+    np.testing.assert_allclose(text_features, learned, atol=1e-5)  # base and new classes, through the context
+    assert np.abs(text_features - start.numpy()).max() > 1e-4  # and the context did train
+
+
 def test_transfer_protocol_evaluates_each_target_among_its_own_classes(image_folder, tiny_pair, tmp_path):
     # A second dataset with two of the classes: a CoOp split file over the same images.
     manifest = task.resolve_dataset(f"imagefolder:{image_folder}")

@@ -17,7 +17,8 @@ def _pinned_rows() -> dict[str, dict[str, str]]:
     """``{section: {setting: workbench cell}}`` for the rows whose setting is written as `code`."""
     sections, current = {}, None
     for line in TABLE.read_text(encoding="utf-8").splitlines():
-        heading = re.match(r"## (\w+) — ", line)
+        # "## kdpl — ..." a recipe; "### kdpl with ... (`configs/kdpl_coop.yaml`)" a variant, pinned to its config file
+        heading = re.match(r"## (\w+) — ", line) or re.match(r"### \w+ with .*\(`configs/(\w+)\.yaml`\)", line)
         if heading:
             current = sections.setdefault(heading.group(1), {})
             continue
@@ -31,8 +32,20 @@ def _pinned_rows() -> dict[str, dict[str, str]]:
 ROWS = _pinned_rows()
 
 
+VARIANTS = ("kdpl_coop",)  # sections pinned to a config file of a recipe's other official variant
+
+
 def test_the_table_has_a_section_for_every_recipe_and_ame():
-    assert set(ROWS) == set(recipes.RECIPES) | {"AME"}
+    assert set(ROWS) == set(recipes.RECIPES) | {"AME"} | set(VARIANTS)
+
+
+@pytest.mark.parametrize("variant, name", [(v, n) for v in VARIANTS for n in ROWS[v]])
+def test_variant_rows_equal_what_its_config_file_runs(variant, name):
+    config = load_experiment_config(ROOT / "configs" / f"{variant}.yaml")
+    distill = config.distill.resolved()
+    expected = yaml.safe_load(ROWS[variant][name])
+    actual = getattr(distill.optim, name.split(".", 1)[1]) if name.startswith("optim.") else getattr(distill, name)
+    assert actual == expected, f"{variant}.{name}: docs/recipes.md says {expected!r}, the config runs {actual!r}"
 
 
 @pytest.mark.parametrize("recipe", recipes.RECIPES)

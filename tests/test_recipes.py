@@ -12,7 +12,7 @@ from workbench import recipes
 from workbench.cache import cached_image_features, model_fingerprint
 from workbench.image_sources import images_to_device, normalize_images
 from workbench.losses import KDLoss, SymmetricKLLoss
-from workbench.prompts import PromptedStudent, VisualPrompts
+from workbench.prompts import PromptedStudent, TextContext, TextPromptedStudent, VisualPrompts
 from workbench.train import ModelSelector, OptimConfig, fit
 
 from test_train import _world_like
@@ -70,6 +70,76 @@ def test_prompted_student_trains_prompts_and_projector_only(student_and_tokenize
         VisualPrompts(96, depth=5).encode(student.visual, torch.randn(1, 3, 32, 32))
     with pytest.raises(TypeError, match="need an open_clip VisionTransformer"):
         VisualPrompts(8).encode(torch.nn.Linear(3, 3), torch.randn(1, 3))
+
+
+# ------------------------------------------------------------------ CoOp text context (KDPL's CoOp variant)
+
+NAMES = ["red square", "blue circle", "green_triangle", "yellow star"]
+
+
+def _tiny_open_clip():
+    """An open_clip CLIP with its own (BPE) text transformer, small enough to build in a test."""
+    import open_clip
+
+    torch.manual_seed(3)
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                                           "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    return open_clip.CLIP(**cfg).eval(), open_clip.get_tokenizer("ViT-B-32", context_length=16)
+
+
+@pytest.mark.parametrize("tower", ["hf", "open_clip"])
+def test_text_context_starts_as_the_hand_written_prompt_and_only_the_context_trains(student_and_tokenizer, tower):
+    model, tokenizer = (copy.deepcopy(student_and_tokenizer[0]), student_and_tokenizer[1]) if tower == "hf" \
+        else _tiny_open_clip()
+    context = TextContext(model, tokenizer, "a photo of a")
+    assert context.kind == tower and context.num_tokens == 4 and list(dict(context.named_parameters())) == ["context"]
+    assert context.prompts(NAMES)[2] == "a photo of a green triangle."
+    with torch.no_grad():
+        hand_written = model.encode_text(tokenizer(context.prompts(NAMES)), normalize=True)
+    torch.testing.assert_close(context(NAMES), hand_written, atol=1e-5, rtol=1e-5)
+    # the gradient reaches the context through the frozen tower, and nothing else
+    for p in model.parameters():
+        p.requires_grad_(False)
+    context(NAMES[:2]).sum().backward()
+    assert context.context.grad is not None and context.context.grad.abs().sum() > 0
+    with torch.no_grad():
+        context.context.add_(0.1 * torch.randn_like(context.context))
+        moved = context(NAMES)
+    assert (moved - hand_written).norm(dim=1).min() > 1e-3  # every class, trained on or not, moves with it
+    with pytest.raises(ValueError, match="non-empty phrase"):
+        TextContext(model, tokenizer, "  ")
+    with pytest.raises(TypeError, match="CoOp text context needs an open_clip text transformer"):
+        TextContext(torch.nn.Linear(2, 2), tokenizer)
+
+
+def test_kdpl_coop_trains_the_text_context_and_scores_every_class_through_it(student_and_tokenizer):
+    student, tokenizer = copy.deepcopy(student_and_tokenizer[0]), student_and_tokenizer[1]
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    images, labels = _world_like()
+    vectors = _vectors()
+    settings = recipes.DistillConfig(recipe="kdpl", kdpl_prompts="coop", ame_weight=10.0,
+                                     optim=OptimConfig(epochs=4, batch_size=16, lr=0.05, warmup_fraction=0.0))
+    assert settings.resolved().coop_context_init == "a photo of a"
+    result = recipes.distill(student, images, _teacher(labels, vectors), vectors, settings, torch.device("cpu"),
+                             train_classes=[0, 1], class_names=NAMES, tokenizer=tokenizer)
+    assert isinstance(result.model, TextPromptedStudent)
+    assert set(result.added_modules) == {"prompts"} and list(result.added_modules["prompts"].state_dict()) == ["context"]
+    history = result.history
+    assert np.mean([h["symmetric_kl_loss"] for h in history[-3:]]) < np.mean(
+        [h["symmetric_kl_loss"] for h in history[:3]])
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())  # the student's weights stay
+    start = TextContext(student, tokenizer)(NAMES).detach()
+    learned = result.model.class_vectors(NAMES).detach()
+    assert (learned - start).norm(dim=1).min() > 1e-3  # new classes 2 and 3 moved too
+    with pytest.raises(ValueError, match="needs class_names and the student's tokenizer"):
+        recipes.distill(copy.deepcopy(student_and_tokenizer[0]), images, _teacher(labels, vectors), vectors, settings,
+                        torch.device("cpu"))
+    with pytest.raises(ValueError, match="3 class_names for 4 class vectors"):
+        recipes.distill(student, images, _teacher(labels, vectors), vectors, settings, torch.device("cpu"),
+                        class_names=NAMES[:3], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="kdpl_prompts 'coop' with kdpl_top_k > 0"):
+        recipes.DistillConfig(recipe="kdpl", kdpl_prompts="coop", kdpl_top_k=5)
 
 
 # ------------------------------------------------------------------ recipes × AME

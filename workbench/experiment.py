@@ -237,7 +237,8 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
                                  validation=task.validation, base_test=task.base_test,
                                  vocabulary=task.vocabulary[0] if task.vocabulary else None,
                                  student_vocabulary=task.vocabulary[1] if task.vocabulary else None,
-                                 student_class_vectors=task.student_vectors)
+                                 student_class_vectors=task.student_vectors, class_names=task.class_names,
+                                 tokenizer=task.student_tokenizer)
         history = result.history
         if rank != 0:  # training was shared; evaluation and every file are rank 0's
             return {}
@@ -299,6 +300,9 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
 
     own = evaluation.student_vectors if evaluation.student_vectors is not None else evaluation.teacher_vectors
     vectors = (evaluation.teacher_vectors if result.scores_in_teacher_space else own).float().cpu()
+    if hasattr(result.model, "class_vectors"):  # learned text context (KDPL's CoOp): the set's own names through it
+        with torch.no_grad():
+            vectors = result.model.class_vectors(list(evaluation.class_names)).float().cpu()
     features, logits, kept = predict_source(result.model, evaluation.student_images, vectors, device=device)
     teacher_features = cached_image_features(teacher, evaluation.teacher_images, teacher_cache,
                                              device=device, fingerprint=teacher_fingerprint)[0][kept].float()

@@ -1,9 +1,14 @@
-"""Deep visual prompts for an open_clip ViT image tower, and the prompted student PromptKD trains.
+"""Prompts that train while a CLIP model's weights stay fixed: deep visual prompts and CoOp's text context.
 
-A few learnable tokens are appended after the class and patch tokens of the image tower; in each of
-the first ``depth`` transformer layers the prompt tokens coming out of the previous layer are
-replaced by that layer's own learnable tokens (VPT-deep). The backbone's weights never change, so
-only ``num_tokens × depth × width`` prompt parameters (plus a projector) train.
+Visual prompts (:class:`VisualPrompts`, PromptKD and KDPL's VPT variant): a few learnable tokens are
+appended after the class and patch tokens of the image tower; in each of the first ``depth`` transformer
+layers the prompt tokens coming out of the previous layer are replaced by that layer's own learnable
+tokens (VPT-deep). Only ``num_tokens × depth × width`` prompt parameters (plus a projector) train.
+
+Text context (:class:`TextContext`, CoOp; KDPL's CoOp variant): the word embeddings of a phrase such as
+"a photo of a" become parameters shared by every class; each class vector is the text tower's encoding
+of "<context> <class name>." with those parameters in place of the phrase's words, so it can be
+computed for any class name, including classes never trained on.
 """
 
 from __future__ import annotations
@@ -150,3 +155,130 @@ class PromptedStudent(nn.Module):
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.projector(self.prompts.encode(self.visual, images))
         return F.normalize(features, dim=-1) if normalize else features
+
+
+def _text_tower_kind(model: nn.Module) -> str:
+    """"hf" (a Hugging Face text tower, e.g. the embedded models' MiniLM) or "open_clip" (CLIP's own)."""
+    if type(getattr(model, "text", None)).__name__ == "HFTextEncoder":
+        return "hf"
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+    missing = [name for name in needed if not hasattr(model, name)]
+    if missing:
+        raise TypeError(f"CoOp text context needs an open_clip text transformer or a Hugging Face text tower; "
+                        f"{type(model).__name__} lacks {', '.join(missing)}")
+    return "open_clip"
+
+
+class TextContext(nn.Module):
+    """CoOp's learnable context: the word embeddings of ``init`` (e.g. "a photo of a"), shared by all classes.
+
+    Matched to CoOp's ``PromptLearner`` as KDPL runs it (miccunifi/KDPL ``src/trainers/coop.py``,
+    ``src/scripts/coop_kdpl/reproduce_base2new_train.sh``): a generic context (not class-specific),
+    initialised from the phrase's own token embeddings, the class name at the end ("<context> <name>.").
+    Before any training the class vectors equal the text tower's encoding of "<init> <name>.".
+
+    Parameters
+    ----------
+    model : open_clip model
+        Supplies the text tower (weights are not changed; gradients flow through it to the context).
+    tokenizer : the model's tokenizer
+    init : str
+        The phrase the context starts as; its token count is the context length.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, init: str = "a photo of a"):
+        super().__init__()
+        if not isinstance(init, str) or not init.strip():
+            raise ValueError(f"init must be a non-empty phrase, got {init!r}")
+        self.kind = _text_tower_kind(model)
+        self.tokenizer, self.init = tokenizer, " ".join(init.split())
+        self._tower = [model]  # a list keeps the tower out of this module's parameters and state_dict
+        tokens = tokenizer([self.init])
+        used = int((tokens[0] != self._pad_id).sum())
+        self.num_tokens = used - 2  # between the start and end tokens
+        if self.num_tokens < 1:
+            raise ValueError(f"context phrase {init!r} has no tokens")
+        with torch.no_grad():
+            words = self._embed(tokens.to(self._device))[0, 1:1 + self.num_tokens]
+        self.context = nn.Parameter(words.detach().clone().float())
+        self._tokens: dict[tuple[str, ...], torch.Tensor] = {}
+
+    @property
+    def _model(self) -> nn.Module:
+        return self._tower[0]
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    @property
+    def _pad_id(self) -> int:
+        return int(self._model.text.config.pad_token_id) if self.kind == "hf" else 0
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.kind == "hf":
+            return self._model.text.transformer.get_input_embeddings()(tokens)
+        return self._model.token_embedding(tokens)
+
+    def prompts(self, class_names) -> list[str]:
+        """The text each class is encoded from, the context's words standing for the learned embeddings."""
+        return [f"{self.init} {name.replace('_', ' ')}." for name in class_names]
+
+    def _tokenize(self, class_names) -> torch.Tensor:
+        key = tuple(class_names)
+        if key not in self._tokens:
+            tokens = self.tokenizer(self.prompts(key))
+            if self.kind == "hf":  # the tower masks padding: cut to the longest prompt, as encode_texts does
+                tokens = tokens[:, :int((tokens != self._pad_id).any(dim=0).nonzero().max()) + 1]
+            self._tokens[key] = tokens
+        return self._tokens[key].to(self._device)
+
+    def forward(self, class_names) -> torch.Tensor:
+        """Unit-norm class vectors ``(C, D)`` of ``class_names`` with the current context."""
+        if not len(class_names):
+            raise ValueError("class_names is empty")
+        tokens = self._tokenize(class_names)
+        words = self._embed(tokens)
+        context = self.context.to(words.dtype).expand(len(tokens), -1, -1)
+        x = torch.cat([words[:, :1], context, words[:, 1 + self.num_tokens:]], dim=1)
+        model = self._model
+        if self.kind == "hf":
+            text = model.text
+            mask = (tokens != self._pad_id).long()
+            out = text.transformer(inputs_embeds=x, attention_mask=mask)
+            features = text.proj(text.pooler(out, mask))
+        else:  # open_clip's CLIP.encode_text, with the context's embeddings in place of the phrase's
+            from open_clip.transformer import text_global_pool
+
+            x = x + model.positional_embedding.to(x.dtype)
+            x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+            x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+            features = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) \
+                else x @ model.text_projection
+        return F.normalize(features.float(), dim=-1)
+
+
+class TextPromptedStudent(nn.Module):
+    """A student CLIP whose class vectors come from a learned :class:`TextContext`; its weights are frozen.
+
+    Behaves like an open_clip model for evaluation (``encode_image``, ``logit_scale``) and adds
+    ``class_vectors(class_names)``, which evaluation uses in place of the hand-written prompts' vectors.
+    """
+
+    def __init__(self, student: nn.Module, tokenizer, init: str = "a photo of a"):
+        super().__init__()
+        for p in student.parameters():
+            p.requires_grad_(False)
+        self.visual = student.visual
+        self.prompts = TextContext(student, tokenizer, init)
+        self.register_buffer("logit_scale", student.logit_scale.detach().clone())
+
+    def trainable(self) -> list[nn.Module]:
+        return [self.prompts]
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def class_vectors(self, class_names) -> torch.Tensor:
+        return self.prompts(class_names)

@@ -72,6 +72,8 @@ class DistillContext:
     labels: np.ndarray | None = None  # class of each training image or -1
     vocabulary: torch.Tensor | None = None  # class-agnostic KDPL: (V, Dt)
     student_vocabulary: torch.Tensor | None = None  # (V, Ds)
+    class_names: list[str] | None = None  # every class's name, for recipes that encode names (KDPL's CoOp)
+    tokenizer: object | None = None  # the student's tokenizer, likewise
 
     @property
     def train_vectors(self) -> torch.Tensor:

@@ -55,7 +55,7 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
             checkpoint_path: str | Path | None = None, *, train_classes=None, labels=None,
             validation: tuple | None = None, base_test: tuple | None = None,
             vocabulary: torch.Tensor | None = None, student_class_vectors: torch.Tensor | None = None,
-            student_vocabulary: torch.Tensor | None = None) -> DistillResult:
+            student_vocabulary: torch.Tensor | None = None, class_names=None, tokenizer=None) -> DistillResult:
     """Distil ``teacher`` into ``student`` with ``config.recipe``, optionally with AME.
 
     Parameters
@@ -90,6 +90,8 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
         Class-agnostic KDPL's vocabulary in the teacher's and the student's text space.
     student_class_vectors : tensor (C, Ds), optional
         The classes' vectors from the student's own text tower; default ``class_vectors`` (shared tower).
+    class_names, tokenizer : list of C str and the student's tokenizer, optional
+        Needed by recipes that encode class names during training (``kdpl`` with ``kdpl_prompts: coop``).
     """
     config = config.resolved()
     recipe_cls = recipe_class(config.recipe)
@@ -115,9 +117,12 @@ def distill(student, images, teacher: TeacherTargets, class_vectors: torch.Tenso
     if student_vectors.shape[0] != vectors.shape[0]:
         raise ValueError(f"student_class_vectors has {student_vectors.shape[0]} classes, class_vectors "
                          f"{vectors.shape[0]}")
+    if class_names is not None and len(class_names) != len(vectors):
+        raise ValueError(f"{len(class_names)} class_names for {len(vectors)} class vectors")
     context = DistillContext(student, teacher, config, device, vectors, student_vectors, classes.long().to(device),
                              shared_text, num_images, labels=labels, vocabulary=vocabulary,
-                             student_vocabulary=student_vocabulary)
+                             student_vocabulary=student_vocabulary,
+                             class_names=None if class_names is None else list(class_names), tokenizer=tokenizer)
     if not recipe_cls.scores_in_teacher_space and context.student_width != student_vectors.shape[1]:
         raise ValueError(
             f"student embeddings have width {context.student_width} but the class vectors it is scored against "

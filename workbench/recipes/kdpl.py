@@ -12,13 +12,20 @@ Class-agnostic KDPL (``kdpl_top_k > 0``): both models score a vocabulary of gene
 reference: 20,930 names, K = 1000) and each batch is distilled over the K names the teacher finds
 most probable on average over the batch. The vocabulary must not contain the task's class names
 (checked when the run is prepared): the point of the variant is that the task's names are not given.
+
+``kdpl_prompts: coop`` is the reference's CoOp variant (``src/trainers/coop_kdpl.py``): the whole student
+is frozen and CoOp's shared text context trains (initialised from "a photo of a", class name at the
+end), so the class vectors, not the image features, move; new classes are scored with the learned
+context around their own names. Its optimiser settings differ from the VPT variant's: ``configs/kdpl_coop.yaml``.
 ``kdpl_prompts: image_tower`` trains the whole image tower instead of prompts (not the reference's).
 """
 
 from __future__ import annotations
 
+import torch
+
 from ..losses import SymmetricKLLoss
-from ..prompts import PromptedStudent
+from ..prompts import PromptedStudent, TextPromptedStudent
 from .base import Recipe, StepOutput
 from .logit_kd import weighted
 
@@ -27,7 +34,7 @@ class KDPL(Recipe):
     name = "kdpl"
     defaults = {"temperature": 1.0, "kd_weight": 1.0, "kd_reduction": "batchmean", "kdpl_prompts": "vpt",
                 "kdpl_top_k": 0, "kdpl_vocabulary": None, "prompt_tokens": 8, "prompt_depth": 12,
-                "prompt_init_std": 0.02}
+                "prompt_init_std": 0.02, "coop_context_init": "a photo of a"}
     # The embedded world's generic names (data_manifests/vocabularies/embedded_generic.txt); a real dataset
     # needs a dictionary of its own (the reference's 20,930 names are not shipped here).
     dataset_defaults = {"embedded_world": {"kdpl_vocabulary": "embedded_generic"}}
@@ -42,6 +49,12 @@ class KDPL(Recipe):
             depth = min(config.prompt_depth, len(student.visual.transformer.resblocks))
             self.model = PromptedStudent(student, context.student_width, float(self.scale), config.prompt_tokens,
                                          depth, config.prompt_init_std, projector="none").to(context.device)
+        elif config.kdpl_prompts == "coop":
+            if context.class_names is None or context.tokenizer is None:
+                raise ValueError("kdpl_prompts 'coop' encodes class names with the student's text tower: distill "
+                                 "needs class_names and the student's tokenizer")
+            self.model = TextPromptedStudent(student, context.tokenizer, config.coop_context_init).to(context.device)
+            self.train_names = [context.class_names[int(i)] for i in context.classes]
         self.kd = SymmetricKLLoss(config.temperature, reduction=config.kd_reduction)
         self.vocabulary = self.student_vocabulary = None
         if config.kdpl_top_k:
@@ -58,12 +71,19 @@ class KDPL(Recipe):
                 else context.student_vocabulary.to(context.device).float()
 
     def trainable(self):
-        return self.model.trainable() if self.config.kdpl_prompts == "vpt" else [self.context.student.visual]
+        return self.model.trainable() if self.config.kdpl_prompts != "image_tower" else [self.context.student.visual]
+
+    def score_vectors(self):
+        if self.config.kdpl_prompts != "coop":
+            return super().score_vectors()
+        with torch.no_grad():
+            return self.model.class_vectors(self.context.class_names)
 
     def step(self, teacher_features, pixels, indices) -> StepOutput:
         features = self.model.encode_image(pixels, normalize=True)
         if self.vocabulary is None:
-            rows = self.context.student_train_vectors
+            rows = self.model.class_vectors(self.train_names) if self.config.kdpl_prompts == "coop" \
+                else self.context.student_train_vectors
             teacher_logits = self.context.teacher_logits(teacher_features, self.scale)
         else:
             teacher_vocab = self.scale * teacher_features @ self.vocabulary.T
@@ -73,4 +93,4 @@ class KDPL(Recipe):
         return StepOutput(weighted(terms, self.config.kd_weight), features, rows)
 
     def modules_to_save(self):
-        return {"prompts": self.model.prompts} if self.config.kdpl_prompts == "vpt" else {}
+        return {"prompts": self.model.prompts} if self.config.kdpl_prompts != "image_tower" else {}
