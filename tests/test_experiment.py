@@ -188,11 +188,21 @@ def test_teacher_tuning_prompt_tunes_the_teacher_once_and_distils_from_it(tmp_pa
     assert read_json(tmp_path / "tuned" / "config.json")["teacher_tuning"]["enabled"] is True
     logs = list((Path(cache) / "tuned_teachers").glob("*.log.jsonl"))
     assert len(logs) == 1 and len(list((Path(cache) / "tuned_teachers").glob("*.safetensors"))) == 1
-    ce = [json.loads(line)["ce_loss"] for line in logs[0].read_text().splitlines()]
+    records = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    ce = [r["ce_loss"] for r in records]
     assert np.mean(ce[-3:]) < np.mean(ce[:3])  # cross-entropy on the labelled shots falls
+    # PromptSRC's self-regularising terms are part of the objective, each with its weight
+    assert {"text_consistency_loss", "image_consistency_loss", "logit_consistency_loss"} <= set(records[0])
+    assert all(r["text_consistency_loss"] >= 0 and r["image_consistency_loss"] >= 0 for r in records)
     # The tuned teacher is another teacher: its (cached) features, hence the distilled student, differ.
     with np.load(tmp_path / "plain" / "embeddings.npz") as a, np.load(tmp_path / "tuned" / "embeddings.npz") as b:
         assert not np.allclose(a["teacher_features"], b["teacher_features"])
+        # and it scores with its learned text context: other class vectors (promptkd's student is scored in
+        # the teacher's space, so text_features are the teacher's), and the teacher's logits come from them
+        assert not np.allclose(b["text_features"], a["text_features"], atol=1e-4)
+        cosine = b["teacher_features"] @ b["text_features"].T
+        np.testing.assert_allclose(b["teacher_logits"], cosine * (b["teacher_logits"][0, 0] / cosine[0, 0]),
+                                   rtol=1e-4, atol=1e-4)
     assert 0 <= untuned["hm"] <= 1
     again = run_experiment(config, tmp_path / "again")  # loaded from the cache, not tuned twice
     assert again["hm"] == tuned["hm"] and len(list((Path(cache) / "tuned_teachers").glob("*.safetensors"))) == 1

@@ -13,7 +13,7 @@ from workbench.cache import cached_image_features, model_fingerprint
 from workbench.image_sources import images_to_device, normalize_images
 from workbench.losses import KDLoss, SymmetricKLLoss
 from workbench.prompts import PromptedStudent, TextContext, TextPromptedStudent, VisualPrompts
-from workbench.train import ModelSelector, OptimConfig, fit
+from workbench.train import GaussianAverage, ModelSelector, OptimConfig, fit
 
 from test_train import _world_like
 
@@ -355,6 +355,48 @@ def test_best_epoch_selection_restores_the_best_state_and_survives_resume(tmp_pa
     resumed, selector, _ = _selection_run(scores, checkpoint, first_epoch=2)
     assert selector.summary()["epoch"] == 1 and selector.summary()["scores"] == scores
     torch.testing.assert_close(resumed.weight, layer.weight)  # the best state came back from the checkpoint
+
+
+def test_gaussian_prompt_aggregation_ends_with_the_weighted_average_of_the_epochs(tmp_path):
+    """PromptSRC's GPA: epoch a of N weighs N(a; mean, std), normalised; the run ends with the weighted sum."""
+    average = GaussianAverage(epochs=4, mean=3, std=1)
+    expected = np.exp(-0.5 * (np.arange(1, 5) - 3.0) ** 2)
+    np.testing.assert_allclose(average.weights, expected / expected.sum())
+    assert GaussianAverage(epochs=1, mean=15, std=1).weights.tolist() == [1.0]  # far from the mean: still a weight
+    assert GaussianAverage(epochs=20, mean=15, std=1).weights.argmax() == 14
+
+    def run(checkpoint=None, die_at_epoch=None):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(2, 1)
+        inputs, targets = torch.randn(16, 2), torch.randn(16, 1)
+        ends = []
+
+        def loss(i):
+            return {"mse_loss": (layer(inputs[i]) - targets[i]).pow(2).mean()}
+
+        class Recording(GaussianAverage):
+            def observe(self, epoch, modules):
+                if epoch == die_at_epoch:
+                    raise KeyboardInterrupt(f"killed at the end of epoch {epoch}")
+                ends.append(layer.weight.detach().clone())
+                super().observe(epoch, modules)
+
+        selector = Recording(epochs=4, mean=3, std=1)
+        fit([layer], loss, 16, OptimConfig(epochs=4, batch_size=8, lr=0.1, weight_decay=0.0), torch.device("cpu"),
+            checkpoint_path=checkpoint, selector=selector)
+        return layer, selector, ends
+
+    layer, selector, ends = run()
+    torch.testing.assert_close(layer.weight, sum(w * e for w, e in zip(average.weights.tolist(), ends)))
+    assert not torch.allclose(layer.weight, ends[-1])  # not simply the last epoch
+    assert selector.summary()["policy"] == "gaussian_average" and len(selector.summary()["weights"]) == 4
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint, die_at_epoch=2)
+    resumed, _, _ = run(checkpoint)  # the running sum came back from the checkpoint
+    torch.testing.assert_close(resumed.weight, layer.weight)
+    with pytest.raises(ValueError, match="std > 0"):
+        GaussianAverage(epochs=4, mean=3, std=0)
 
 
 def test_selection_policy_needs_its_data(student_and_tokenizer):

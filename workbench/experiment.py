@@ -269,7 +269,11 @@ def run_experiment(config: ExperimentConfig, run_dir: str | os.PathLike, resume:
 
 
 def _with_tuned_teacher(task, config: ExperimentConfig, device: torch.device):
-    """``task`` whose teacher is prompt-tuned on its labelled training images (cached under ``cache_dir``)."""
+    """``task`` whose teacher is prompt-tuned on its labelled training images (cached under ``cache_dir``).
+
+    The tuned teacher's class vectors come from its learned text context, for the task and for every
+    evaluation set; the student keeps the vectors it had (a shared text tower's hand-written prompts).
+    """
     from .cache import model_fingerprint
     from .recipes.teacher_tuning import load_or_tune_teacher
 
@@ -277,11 +281,23 @@ def _with_tuned_teacher(task, config: ExperimentConfig, device: torch.device):
     if not len(labelled):
         raise ValueError("teacher_tuning needs labelled training images (shots); this run has none")
     tuned, _ = load_or_tune_teacher(task.teacher, task.teacher_train_images.subset(labelled),
-                                    np.asarray(task.train_labels)[labelled], task.teacher_vectors,
+                                    np.asarray(task.train_labels)[labelled], task.teacher_vectors, task.class_names,
+                                    task.teacher_tokenizer,
                                     dataclasses.replace(config.teacher_tuning, optim=dataclasses.replace(
                                         config.teacher_tuning.optim, seed=config.seed)),
                                     device, config.cache_dir)
-    return dataclasses.replace(task, teacher=tuned, teacher_fingerprint=model_fingerprint(tuned))
+
+    def vectors(names):
+        with torch.no_grad():
+            return tuned.class_vectors(list(names)).float().cpu()
+
+    evaluations = [dataclasses.replace(ev, teacher_vectors=vectors(ev.class_names),
+                                       student_vectors=ev.teacher_vectors if ev.student_vectors is None
+                                       else ev.student_vectors) for ev in task.evaluations]
+    return dataclasses.replace(task, teacher=tuned, teacher_fingerprint=model_fingerprint(tuned),
+                               teacher_vectors=vectors(task.class_names), evaluations=evaluations,
+                               student_vectors=task.teacher_vectors if task.student_vectors is None
+                               else task.student_vectors)
 
 
 def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch.device,

@@ -92,6 +92,7 @@ class Task:
     teacher_fingerprint: str | None = None  # cache.model_fingerprint(teacher), computed once (None: when needed)
     vocabulary: tuple | None = None  # class-agnostic KDPL: (teacher (V, Dt), student (V, Ds) or None) vectors
     student_tokenizer: object | None = None  # for recipes that encode class names while training (KDPL's CoOp)
+    teacher_tokenizer: object | None = None  # for the teacher-tuning stage's text context
 
 
 VOCABULARY_DIR = DATA_MANIFESTS / "vocabularies"
@@ -260,7 +261,8 @@ def _embedded_task(config, device: torch.device) -> Task:
                 (ArrayImages(test.images[base_mask]), test.labels[base_mask]), [evaluation],
                 {"kind": EMBEDDED_WORLD, "name": EMBEDDED_WORLD, "preset": config.preset,
                  "world_seed": setup["preset"].world_seed, "cache_dir": str(Path(config.cache_dir).resolve()),
-                 "class_names": list(spec.class_names)}, vocabulary=vocabulary, student_tokenizer=setup["tokenizer"])
+                 "class_names": list(spec.class_names)}, vocabulary=vocabulary, student_tokenizer=setup["tokenizer"],
+                teacher_tokenizer=setup["tokenizer"])
 
 
 # ----------------------------------------------------------------------------- manifests and open_clip pairs
@@ -392,7 +394,7 @@ def _manifest_task(config, device: torch.device) -> Task:
                 _distilled_classes(train_classes, manifest.num_classes, config),
                 (student_view(manifest, "train", validation), labels[validation]) if len(validation) else None,
                 base_test, evaluations,
-                description, fingerprints["teacher"], vocabulary, student_tok)
+                description, fingerprints["teacher"], vocabulary, student_tok, teacher_tok)
 
 
 def prepare_task(config, device: torch.device) -> Task:

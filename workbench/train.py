@@ -230,10 +230,62 @@ class ModelSelector:
         self.best_state, self.scores = state["best_state"], list(state["scores"])
 
 
+class GaussianAverage:
+    """PromptSRC's Gaussian prompt aggregation: training ends with a Gaussian-weighted average of the epochs' states.
+
+    Matched to zhengli97/PromptKD ``trainers/promptsrc.py`` (``get_gauss``, ``state_dict_weighting``): epoch
+    ``a`` (1-based) of ``epochs`` weighs ``N(a; mean, std)``, normalised over the epochs, and the modules end
+    with the weighted sum of their end-of-epoch states. Used in place of a :class:`ModelSelector` by
+    :func:`fit` (same interface); tensors that are not floating point (counters) keep their last value.
+    """
+
+    policy = "gaussian_average"
+
+    def __init__(self, epochs: int, mean: float, std: float):
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        if not (isinstance(std, (int, float)) and std > 0) or not isinstance(mean, (int, float)):
+            raise ValueError(f"the Gaussian needs a number mean and a std > 0, got mean={mean!r}, std={std!r}")
+        log_density = -0.5 * ((np.arange(1, epochs + 1) - mean) / std) ** 2
+        weights = np.exp(log_density - log_density.max())  # stable where every epoch lies far from the mean
+        self.weights = weights / weights.sum()
+        self.scores: list[float] = []
+        self.total: list[dict] | None = None
+        self.best_epoch = None
+
+    def observe(self, epoch: int, modules: list[nn.Module]) -> None:
+        weight = float(self.weights[epoch])
+        states = [m.state_dict() for m in modules]
+        if self.total is None:
+            self.total = [{k: v.detach().clone() * weight if v.is_floating_point() else v.detach().clone()
+                           for k, v in state.items()} for state in states]
+        else:
+            for total, state in zip(self.total, states):
+                for key, value in state.items():
+                    total[key] = total[key] + weight * value.detach() if value.is_floating_point() \
+                        else value.detach().clone()
+        self.best_epoch = epoch
+
+    def restore(self, modules: list[nn.Module]) -> None:
+        if self.total is not None:
+            for module, state in zip(modules, self.total):
+                module.load_state_dict(state)
+
+    def summary(self) -> dict:
+        return {"policy": self.policy, "epoch": self.best_epoch, "score": None, "scores": [],
+                "weights": [round(float(w), 6) for w in self.weights]}
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.best_epoch = state["total"], state["best_epoch"]
+
+
 def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[str, torch.Tensor]],
         num_samples: int, config: OptimConfig, device: torch.device, log_path: str | Path | None = None,
         progress: bool = False, checkpoint_path: str | Path | None = None,
-        selector: ModelSelector | None = None, images=None, loggers: list[str] | None = None,
+        selector: ModelSelector | GaussianAverage | None = None, images=None, loggers: list[str] | None = None,
         watched: Iterable[nn.Module] | None = None,
         batch_plan: Callable[[torch.Generator, int], list[torch.Tensor]] | None = None) -> list[dict]:
     """Train ``modules`` by minimising the summed ``*_loss`` terms of ``step_loss``.
@@ -262,8 +314,9 @@ def fit(modules: Iterable[nn.Module], step_loss: Callable[[torch.Tensor], dict[s
         here atomically after every epoch. If the file exists when ``fit`` starts, training resumes
         after the last completed epoch and ends with the same parameters as an uninterrupted run; the
         log keeps exactly the records of the completed steps.
-    selector : ModelSelector, optional
+    selector : ModelSelector or GaussianAverage, optional
         Scores the modules after each epoch and restores the best epoch at the end; default: last.
+        A :class:`GaussianAverage` ends with the weighted average of the epochs' states instead.
     images : image source, optional
         Where each batch's pixels come from (:mod:`workbench.image_sources`; ``num_samples`` must be
         its length). A manifest source decodes the epoch's batches in its loader workers while the

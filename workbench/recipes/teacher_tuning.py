@@ -1,12 +1,22 @@
 """Teacher tuning before distillation: prompt-tune the teacher with labels (PromptKD's first stage).
 
 PromptKD distils from a ViT-L/14 teacher that PromptSRC prompt-tuned on the labelled 16-shot base classes
-(zhengli97/PromptKD README L93-98; ``configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml``: 4 + 4
-prompt tokens, depth 9, SGD 0.005, batch 8, 20 epochs). The stage here tunes deep visual prompts with
-cross-entropy against the teacher's own class vectors of the labelled classes, with those settings;
-PromptSRC's text prompts, its L1 consistency terms and its Gaussian prompt averaging are not built
-(``docs/recipes.md``). The tuned teacher is the frozen teacher with its prompts: a model with
-``encode_image`` and ``logit_scale`` that every later step uses as the teacher, cached by content.
+(zhengli97/PromptKD README L93-98; ``configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml``,
+``trainers/promptsrc.py``). The stage here follows PromptSRC: deep visual prompts (4 tokens, depth 9) and a
+text context initialised from "a photo of a" (:class:`workbench.prompts.TextContext`) train together with
+
+- cross-entropy over the labelled classes, at the teacher's logit scale;
+- the self-regularising consistency terms: L1 between the prompted and the frozen text features (× 25; the
+  frozen ones are the task's template-averaged class vectors), L1 between the prompted and the frozen image
+  features (× 10), and KL(prompted logits ‖ frozen zero-shot logits) at temperature 1, summed over elements
+  and divided by their number (× 1);
+- Gaussian prompt aggregation (:class:`workbench.train.GaussianAverage`, mean epoch 15, std 1 of 20).
+
+Deviations (``docs/recipes.md``): the text context is shallow (PromptSRC inserts fresh language prompts in
+the first 9 text layers), and the frozen image features are computed once on the un-augmented images (the
+stage has no augmentation). The tuned teacher is the frozen teacher with its prompts: a model with
+``encode_image``, ``logit_scale`` and ``class_vectors(names)`` that every later step uses as the teacher,
+cached by content.
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..prompts import PromptedStudent
-from ..train import OptimConfig, fit, result_settings
+from torch import nn
+
+from ..prompts import PromptedStudent, TextContext
+from ..train import GaussianAverage, OptimConfig, encode_images, fit, result_settings
 
 
 def _promptsrc_optim() -> OptimConfig:
@@ -37,6 +49,12 @@ class TeacherTuningConfig:
     prompt_tokens: int = 4  # visual prompt tokens per layer (PromptSRC: 4)
     prompt_depth: int = 9  # layers receiving prompts, capped at the tower's depth (PromptSRC: 9)
     prompt_init_std: float = 0.02  # prompts start as N(0, std²)
+    text_context_init: str = "a photo of a"  # the text context's starting words (PromptSRC: 4 tokens)
+    text_loss_weight: float = 25.0  # L1(prompted text features, frozen ones) (PromptSRC: 25)
+    image_loss_weight: float = 10.0  # L1(prompted image features, frozen ones) (PromptSRC: 10)
+    logit_loss_weight: float = 1.0  # KL(prompted logits || frozen zero-shot logits) (PromptSRC: 1)
+    gpa_mean: float = 15.0  # Gaussian prompt aggregation: mean epoch (1-based; PromptSRC: 15 of 20)
+    gpa_std: float = 1.0  # and its std in epochs (PromptSRC: 1)
     optim: OptimConfig = field(default_factory=_promptsrc_optim)  # PromptSRC's: SGD 0.005, batch 8, 20 epochs
 
     def __post_init__(self):
@@ -46,24 +64,68 @@ class TeacherTuningConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.prompt_init_std, (int, float)) and self.prompt_init_std > 0):
-            raise ValueError(f"prompt_init_std must be a number > 0, got {self.prompt_init_std!r}")
+        for name in ("prompt_init_std", "gpa_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        for name in ("text_loss_weight", "image_loss_weight", "logit_loss_weight", "gpa_mean"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if not (isinstance(self.text_context_init, str) and self.text_context_init.strip()):
+            raise ValueError(f"text_context_init must be a non-empty phrase, got {self.text_context_init!r}")
 
 
-def _prompted(teacher, config: TeacherTuningConfig, device) -> PromptedStudent:
-    width = int(teacher.visual.output_dim)
-    depth = min(config.prompt_depth, len(teacher.visual.transformer.resblocks))
+class TunedTeacher(nn.Module):
+    """A frozen teacher with PromptSRC's prompts: deep visual prompts and a text context.
+
+    ``encode_image`` and ``logit_scale`` as an open_clip model; ``class_vectors(names)`` gives the class
+    vectors of any class names through the learned text context (what the tuned teacher is scored and
+    distilled with).
+    """
+
+    def __init__(self, teacher, tokenizer, config: TeacherTuningConfig):
+        super().__init__()
+        width = int(teacher.visual.output_dim)
+        depth = min(config.prompt_depth, len(teacher.visual.transformer.resblocks))
+        self.image = PromptedStudent(teacher, width, float(teacher.logit_scale.detach().exp()), config.prompt_tokens,
+                                     depth, config.prompt_init_std, projector="none")
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.text = TextContext(teacher, tokenizer, config.text_context_init)
+        self.visual = self.image.visual
+        self.register_buffer("logit_scale", teacher.logit_scale.detach().clone())
+
+    def trainable(self) -> list[nn.Module]:
+        return [self.image.prompts, self.text]
+
+    def prompt_state(self) -> dict:
+        return {**{f"image.{k}": v for k, v in self.image.prompts.state_dict().items()},
+                **{f"text.{k}": v for k, v in self.text.state_dict().items()}}
+
+    def load_prompt_state(self, state: dict) -> None:
+        self.image.prompts.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("image.")})
+        self.text.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.image.encode_image(images, normalize=normalize)
+
+    def class_vectors(self, class_names) -> torch.Tensor:
+        return self.text(class_names)
+
+
+def _tuned(teacher, tokenizer, config: TeacherTuningConfig, device) -> TunedTeacher:
     torch.manual_seed(config.optim.seed)
-    return PromptedStudent(teacher, width, float(teacher.logit_scale.detach().exp()), config.prompt_tokens, depth,
-                           config.prompt_init_std, projector="none").to(device)
+    return TunedTeacher(teacher, tokenizer, config).to(device)
 
 
-def tune_teacher(teacher, images, labels, class_vectors: torch.Tensor, config: TeacherTuningConfig,
-                 device: torch.device, log_path: str | Path | None = None) -> PromptedStudent:
-    """The teacher with visual prompts trained by cross-entropy on labelled ``images``.
+def tune_teacher(teacher, images, labels, class_vectors: torch.Tensor, class_names, tokenizer,
+                 config: TeacherTuningConfig, device: torch.device, log_path: str | Path | None = None) -> TunedTeacher:
+    """The teacher with PromptSRC's visual prompts and text context trained on labelled ``images``.
 
-    ``labels`` are class indices into ``class_vectors`` (the teacher's, all classes); logits range over
-    the classes that occur among the labels (the base classes in base-to-new), at the teacher's logit scale.
+    ``labels`` are class indices into ``class_vectors`` (the teacher's, all classes, template-averaged: the
+    frozen text features of the consistency term) and ``class_names``; logits range over the classes that
+    occur among the labels (the base classes in base-to-new), at the teacher's logit scale.
     """
     from ..image_sources import as_source
 
@@ -72,22 +134,39 @@ def tune_teacher(teacher, images, labels, class_vectors: torch.Tensor, config: T
     if len(labels) != len(source) or len(labels) == 0 or (labels < 0).any():
         raise ValueError(f"teacher tuning needs one class label >= 0 per image; got {len(labels)} labels for "
                          f"{len(source)} images")
+    if len(class_names) != len(class_vectors):
+        raise ValueError(f"{len(class_names)} class names for {len(class_vectors)} class vectors")
     classes = np.unique(labels)
     position = {int(c): i for i, c in enumerate(classes)}
     targets = torch.tensor([position[int(y)] for y in labels], device=device)
-    vectors = class_vectors.to(device).float()[torch.as_tensor(classes, device=device)]
-    model = _prompted(teacher, config, device)
+    frozen_text = class_vectors.to(device).float()[torch.as_tensor(classes, device=device)]
+    names = [class_names[int(c)] for c in classes]
+    frozen_images = encode_images(teacher, source, device=device).to(device)  # the un-prompted teacher's view
+    model = _tuned(teacher, tokenizer, config, device)
+    scale = model.logit_scale.exp()
 
     def step_loss(indices, pixels):
         features = model.encode_image(pixels, normalize=True)
-        return {"ce_loss": F.cross_entropy(model.logit_scale.exp() * features @ vectors.T, targets[indices])}
+        text = model.class_vectors(names)
+        logits = scale * features @ text.T
+        frozen = frozen_images[indices]
+        zero_shot = scale * frozen @ frozen_text.T
+        consistency = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zero_shot, dim=1), reduction="sum",
+                               log_target=True) / logits.numel()
+        return {"ce_loss": F.cross_entropy(logits, targets[indices]),
+                "text_consistency_loss": config.text_loss_weight * F.l1_loss(text, frozen_text),
+                "image_consistency_loss": config.image_loss_weight * F.l1_loss(features, frozen),
+                "logit_consistency_loss": config.logit_loss_weight * consistency}
 
-    fit(model.trainable(), step_loss, len(source), config.optim, device, log_path=log_path, images=source)
+    average = GaussianAverage(config.optim.epochs, config.gpa_mean, config.gpa_std)
+    fit(model.trainable(), step_loss, len(source), config.optim, device, log_path=log_path, images=source,
+        selector=average)
     return model.eval()
 
 
-def load_or_tune_teacher(teacher, images, labels, class_vectors: torch.Tensor, config: TeacherTuningConfig,
-                         device: torch.device, cache_dir: str | Path) -> tuple[PromptedStudent, dict]:
+def load_or_tune_teacher(teacher, images, labels, class_vectors: torch.Tensor, class_names, tokenizer,
+                         config: TeacherTuningConfig, device: torch.device, cache_dir: str | Path
+                         ) -> tuple[TunedTeacher, dict]:
     """:func:`tune_teacher`, or its result loaded from ``cache_dir`` when the same tuning ran before.
 
     The key covers the teacher's weights, the images, labels, class vectors and every setting that
@@ -102,18 +181,19 @@ def load_or_tune_teacher(teacher, images, labels, class_vectors: torch.Tensor, c
     payload = json.dumps({"teacher": model_fingerprint(teacher), "images": source.fingerprint(),
                           "labels": hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest(),
                           "vectors": hashlib.sha256(class_vectors.float().cpu().numpy().tobytes()).hexdigest(),
+                          "names": list(class_names),
                           "settings": result_settings(asdict(config))}, sort_keys=True)
     key = hashlib.sha256(payload.encode()).hexdigest()[:12]
     folder = Path(cache_dir) / "tuned_teachers"
     weights, log = folder / f"{key}.safetensors", folder / f"{key}.log.jsonl"
     if weights.is_file():
-        model = _prompted(teacher, config, device)
-        model.prompts.load_state_dict(load_file(str(weights)))
+        model = _tuned(teacher, tokenizer, config, device)
+        model.load_prompt_state(load_file(str(weights)))
         return model.eval(), {"key": key, "from_cache": True, "log": str(log)}
     folder.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
-    model = tune_teacher(teacher, source, labels, class_vectors, config, device, log_path=log)
+    model = tune_teacher(teacher, source, labels, class_vectors, class_names, tokenizer, config, device, log_path=log)
     tmp = weights.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.prompts.state_dict().items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.prompt_state().items()}, str(tmp))
     tmp.replace(weights)  # complete or absent: a crash never leaves a half-written tuned teacher
     return model, {"key": key, "from_cache": False, "log": str(log)}
