@@ -1,8 +1,9 @@
 """What holds the teacher's ambiguity AUROC down? The world's pretrained models, split by nuisance factor.
 
 Usage: .venv/bin/python benchmarks/ambiguity_confounds.py [--seeds 0,1,2] [--cache-dir runs/cache] [--device auto]
+       [--preset full]
 
-For every world seed it loads (or, first, builds and pretrains: minutes) the full preset's world, teacher and
+For every world seed it loads (or, first, builds and pretrains: minutes) the preset's world, teacher and
 student from ``--cache-dir``, scores the test split with each model's own ambiguity score
 (``workbench.analysis.ambiguity_score``) and prints :func:`workbench.analysis.ambiguity_confounds`:
 
@@ -16,7 +17,6 @@ Mean ± std over seeds next to each seed's value.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import argument_parser, int_list  # noqa: E402
 from workbench import analysis, zoo  # noqa: E402
 from workbench.device import select_device  # noqa: E402
 from workbench.evaluation import predict  # noqa: E402
@@ -33,8 +34,8 @@ from workbench.presets import QuickstartConfig  # noqa: E402
 WEIGHTS = (0.1, 0.2)
 
 
-def confounds(seed: int, cache_dir: str, device) -> dict[str, dict]:
-    preset = dataclasses.replace(QuickstartConfig.load("full"), world_seed=seed)
+def confounds(seed: int, cache_dir: str, device, preset_name: str = "full") -> dict[str, dict]:
+    preset = dataclasses.replace(QuickstartConfig.load(preset_name), world_seed=seed)
     setup = zoo.load_embedded_setup(preset, cache_dir, device)
     test = setup.splits["test"]
     out = {}
@@ -82,16 +83,15 @@ def report(seeds: list[int], results: list[dict]) -> str:
 
 
 def main(argv=None) -> str:
-    doc = __doc__.strip().splitlines()
-    parser = argparse.ArgumentParser(description=doc[0], epilog="\n".join(doc[2:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="0,1,2")
+    parser = argument_parser(__doc__)
+    parser.add_argument("--seeds", type=int_list, default=[0, 1, 2])
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset", default="full", help="quickstart variant: full or smoke (plumbing checks)")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     device = select_device(args.device)
-    text = report(seeds, [confounds(seed, args.cache_dir, device) for seed in seeds])
+    text = report(seeds, [confounds(seed, args.cache_dir, device, args.preset) for seed in seeds])
     print(text)
     return text
 

@@ -149,3 +149,14 @@ def test_regime_benchmark_reads_finished_seeds_and_reports_mean_std(tmp_path, ca
     assert "| kd_inductive_base_gain | 0.000 | 0.000 | 0.000 ± 0.000 | >= 0.10 | no |" in text
     assert "| student zero-shot | 50.5 ± 0.7 |" in text and "| teacher zero-shot | 90.0 | 80.0 | 80.0 |" in text
     assert text in capsys.readouterr().out
+
+
+def test_ambiguity_confounds_reports_each_split_per_model(tmp_path_factory, capsys):
+    # the smoke world and models, in the cache the notebook tests share (built here if this test runs first)
+    cache = tmp_path_factory.getbasetemp() / "smoke-cache"
+    text = _load("ambiguity_confounds").main(["--seeds", "0", "--preset", "smoke", "--cache-dir", str(cache)])
+    assert text.count("| ambiguity AUROC | seed 0 | mean ± std |") == 2  # teacher and student zero-shot
+    for row in ("| all samples |", "| occluded clean samples left out |", "| ambiguous with mixing weight > 0.2 only |",
+                "| occluded = True (n = ", "| background = dark (n = ", "| noise |"):
+        assert text.count(row) == 2, row
+    assert text in capsys.readouterr().out
