@@ -84,7 +84,7 @@ def _tiny_open_clip():
     torch.manual_seed(3)
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
                                            "head_width": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 4}}
     return open_clip.CLIP(**cfg).eval(), open_clip.get_tokenizer("ViT-B-32", context_length=16)
 
 
@@ -111,6 +111,42 @@ def test_text_context_starts_as_the_hand_written_prompt_and_only_the_context_tra
         TextContext(model, tokenizer, "  ")
     with pytest.raises(TypeError, match="CoOp text context needs an open_clip text transformer"):
         TextContext(torch.nn.Linear(2, 2), tokenizer)
+
+
+@pytest.mark.parametrize("tower", ["hf", "open_clip"])
+def test_deep_text_context_puts_fresh_tokens_before_each_of_the_first_layers(student_and_tokenizer, tower):
+    """PromptSRC's deep language prompts: layers 1..depth-1 see their own tokens at the context positions."""
+    model, tokenizer = (copy.deepcopy(student_and_tokenizer[0]), student_and_tokenizer[1]) if tower == "hf" \
+        else _tiny_open_clip()
+    shallow = TextContext(model, tokenizer)
+    assert shallow.deep is None and list(shallow.state_dict()) == ["context"]
+    layers = shallow._layers()
+    depth = min(3, len(layers))
+    context = TextContext(model, tokenizer, depth=depth)
+    assert context.deep.shape == (depth - 1, 4, context.context.shape[1])
+    assert TextContext(model, tokenizer, depth=99).depth == len(layers)  # capped at the tower's layers
+    entering = {}
+
+    def record(index):
+        def hook(module, args, kwargs, output):
+            entering[index] = (args[0] if args else kwargs["hidden_states"]).detach()
+        return hook
+
+    recorders = [layer.register_forward_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    vectors = context(NAMES)
+    for handle in recorders:
+        handle.remove()
+    for i in range(1, depth):  # the hidden states entering layer i carry deep[i - 1] at positions 1..4
+        torch.testing.assert_close(entering[i][:, 1:5], context.deep[i - 1].detach().expand(len(NAMES), -1, -1))
+    if depth < len(layers):
+        assert not torch.allclose(entering[depth][:, 1:5], context.deep[-1].detach().expand(len(NAMES), -1, -1))
+    assert all(len(layer._forward_pre_hooks) == 0 for layer in layers)  # the shared tower keeps no hook
+    for p in model.parameters():
+        p.requires_grad_(False)
+    vectors.sum().backward()
+    assert context.deep.grad is not None and context.deep.grad[-1].abs().sum() > 0
+    with torch.no_grad():  # with the deep tokens in place the vectors differ from the shallow context's
+        assert (context(NAMES) - shallow(NAMES)).norm(dim=1).min() > 1e-4
 
 
 def test_kdpl_coop_trains_the_text_context_and_scores_every_class_through_it(student_and_tokenizer):

@@ -184,12 +184,19 @@ class TextContext(nn.Module):
     tokenizer : the model's tokenizer
     init : str
         The phrase the context starts as; its token count is the context length.
+    depth : int, default 1
+        Layers of the text tower that receive context, counted from the first. 1 is CoOp's (the input only);
+        PromptSRC's deep language prompts (zhengli97/PromptKD ``trainers/promptsrc.py``, depth 9) replace the
+        context positions' hidden states with fresh learnable tokens (N(0, 0.02²)) before each of the next
+        ``depth - 1`` layers. Capped at the tower's layer count.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, init: str = "a photo of a"):
+    def __init__(self, model: nn.Module, tokenizer, init: str = "a photo of a", depth: int = 1):
         super().__init__()
         if not isinstance(init, str) or not init.strip():
             raise ValueError(f"init must be a non-empty phrase, got {init!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive int, got {depth!r}")
         self.kind = _text_tower_kind(model)
         self.tokenizer, self.init = tokenizer, " ".join(init.split())
         self._tower = [model]  # a list keeps the tower out of this module's parameters and state_dict
@@ -201,7 +208,41 @@ class TextContext(nn.Module):
         with torch.no_grad():
             words = self._embed(tokens.to(self._device))[0, 1:1 + self.num_tokens]
         self.context = nn.Parameter(words.detach().clone().float())
+        self.depth = min(depth, len(self._layers()))
+        if self.depth > 1:
+            self.deep = nn.Parameter(torch.randn(self.depth - 1, self.num_tokens, words.shape[-1]) * 0.02)
+        else:
+            self.register_parameter("deep", None)
         self._tokens: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _layers(self) -> nn.ModuleList:
+        if self.kind == "hf":
+            return self._model.text.transformer.encoder.layer
+        return self._model.transformer.resblocks
+
+    def _deep_hooks(self) -> list:
+        """Forward pre-hooks that put layer i's fresh context into the hidden states entering it (i >= 1)."""
+        batch_first = self.kind == "hf" or getattr(self._model.transformer, "batch_first", True)
+        span = slice(1, 1 + self.num_tokens)
+
+        def hook_for(tokens):
+            def hook(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                fresh = tokens.to(hidden.dtype)
+                if batch_first:
+                    hidden = torch.cat([hidden[:, :1], fresh.expand(hidden.shape[0], -1, -1),
+                                        hidden[:, span.stop:]], dim=1)
+                else:
+                    hidden = torch.cat([hidden[:1], fresh.unsqueeze(1).expand(-1, hidden.shape[1], -1),
+                                        hidden[span.stop:]], dim=0)
+                if args:
+                    return (hidden, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": hidden}
+            return hook
+
+        layers = self._layers()
+        return [layers[i].register_forward_pre_hook(hook_for(self.deep[i - 1]), with_kwargs=True)
+                for i in range(1, self.depth)]
 
     @property
     def _model(self) -> nn.Module:
@@ -242,19 +283,25 @@ class TextContext(nn.Module):
         context = self.context.to(words.dtype).expand(len(tokens), -1, -1)
         x = torch.cat([words[:, :1], context, words[:, 1 + self.num_tokens:]], dim=1)
         model = self._model
-        if self.kind == "hf":
-            text = model.text
-            mask = (tokens != self._pad_id).long()
-            out = text.transformer(inputs_embeds=x, attention_mask=mask)
-            features = text.proj(text.pooler(out, mask))
-        else:  # open_clip's CLIP.encode_text, with the context's embeddings in place of the phrase's
-            from open_clip.transformer import text_global_pool
+        hooks = self._deep_hooks()
+        try:
+            if self.kind == "hf":
+                text = model.text
+                mask = (tokens != self._pad_id).long()
+                out = text.transformer(inputs_embeds=x, attention_mask=mask)
+                features = text.proj(text.pooler(out, mask))
+            else:  # open_clip's CLIP.encode_text, with the context's embeddings in place of the phrase's
+                from open_clip.transformer import text_global_pool
 
-            x = x + model.positional_embedding.to(x.dtype)
-            x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
-            x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-            features = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) \
-                else x @ model.text_projection
+                x = x + model.positional_embedding.to(x.dtype)
+                x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+                x = text_global_pool(x, tokens, model.text_pool_type,
+                                     eos_token_id=getattr(model, "text_eos_id", None))
+                features = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) \
+                    else x @ model.text_projection
+        finally:  # the tower is shared: it never keeps the hooks
+            for hook in hooks:
+                hook.remove()
         return F.normalize(features.float(), dim=-1)
 
 

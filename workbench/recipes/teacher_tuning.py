@@ -2,8 +2,9 @@
 
 PromptKD distils from a ViT-L/14 teacher that PromptSRC prompt-tuned on the labelled 16-shot base classes
 (zhengli97/PromptKD README L93-98; ``configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml``,
-``trainers/promptsrc.py``). The stage here follows PromptSRC: deep visual prompts (4 tokens, depth 9) and a
-text context initialised from "a photo of a" (:class:`workbench.prompts.TextContext`) train together with
+``trainers/promptsrc.py``). The stage here follows PromptSRC: deep visual prompts (4 tokens, depth 9) and deep
+language prompts (a text context initialised from "a photo of a", fresh tokens in the first 9 text layers:
+:class:`workbench.prompts.TextContext`) train together with
 
 - cross-entropy over the labelled classes, at the teacher's logit scale;
 - the self-regularising consistency terms: L1 between the prompted and the frozen text features (× 25; the
@@ -12,9 +13,8 @@ text context initialised from "a photo of a" (:class:`workbench.prompts.TextCont
   and divided by their number (× 1);
 - Gaussian prompt aggregation (:class:`workbench.train.GaussianAverage`, mean epoch 15, std 1 of 20).
 
-Deviations (``docs/recipes.md``): the text context is shallow (PromptSRC inserts fresh language prompts in
-the first 9 text layers), and the frozen image features are computed once on the un-augmented images (the
-stage has no augmentation). The tuned teacher is the frozen teacher with its prompts: a model with
+Deviations (``docs/recipes.md``): the frozen image features are computed once on the un-augmented images (the
+stage has no augmentation), and the warm-up is linear. The tuned teacher is the frozen teacher with its prompts: a model with
 ``encode_image``, ``logit_scale`` and ``class_vectors(names)`` that every later step uses as the teacher,
 cached by content.
 """
@@ -50,6 +50,7 @@ class TeacherTuningConfig:
     prompt_depth: int = 9  # layers receiving prompts, capped at the tower's depth (PromptSRC: 9)
     prompt_init_std: float = 0.02  # prompts start as N(0, std²)
     text_context_init: str = "a photo of a"  # the text context's starting words (PromptSRC: 4 tokens)
+    text_prompt_depth: int = 9  # text layers receiving context, capped at the tower's depth (PromptSRC: 9)
     text_loss_weight: float = 25.0  # L1(prompted text features, frozen ones) (PromptSRC: 25)
     image_loss_weight: float = 10.0  # L1(prompted image features, frozen ones) (PromptSRC: 10)
     logit_loss_weight: float = 1.0  # KL(prompted logits || frozen zero-shot logits) (PromptSRC: 1)
@@ -60,7 +61,7 @@ class TeacherTuningConfig:
     def __post_init__(self):
         if not isinstance(self.enabled, bool):
             raise ValueError(f"enabled must be true or false, got {self.enabled!r}")
-        for name in ("prompt_tokens", "prompt_depth"):
+        for name in ("prompt_tokens", "prompt_depth", "text_prompt_depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -92,7 +93,7 @@ class TunedTeacher(nn.Module):
                                      depth, config.prompt_init_std, projector="none")
         for p in teacher.parameters():
             p.requires_grad_(False)
-        self.text = TextContext(teacher, tokenizer, config.text_context_init)
+        self.text = TextContext(teacher, tokenizer, config.text_context_init, config.text_prompt_depth)
         self.visual = self.image.visual
         self.register_buffer("logit_scale", teacher.logit_scale.detach().clone())
 
