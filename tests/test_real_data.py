@@ -227,24 +227,31 @@ def test_augmented_runs_need_the_live_teacher_and_see_the_same_view(image_folder
     assert 0 <= metrics["hm"] <= 1
 
 
-def test_kdpl_coop_scores_the_test_classes_through_the_learned_context(image_folder, tiny_pair, tmp_path):
+@pytest.mark.parametrize("variant", ["coop", "maple"])
+def test_kdpl_text_prompts_score_the_test_classes_through_what_they_learned(image_folder, tiny_pair, tmp_path,
+                                                                            variant):
     from safetensors.torch import load_file
 
-    from workbench.prompts import TextContext
+    from workbench.prompts import CoupledPrompts, TextContext
 
-    config = _config(image_folder, tiny_pair, tmp_path, recipe="kdpl", kdpl_prompts="coop", epochs=2, lr=0.05)
+    shape = {"prompt_tokens": 2, "prompt_depth": 9} if variant == "maple" else {}
+    config = _config(image_folder, tiny_pair, tmp_path, recipe="kdpl", kdpl_prompts=variant, epochs=2, lr=0.05,
+                     **shape)
     metrics = run_experiment(config, tmp_path / "run")
     assert 0 <= metrics["hm"] <= 1
     saved = load_file(str(tmp_path / "run" / "recipe_modules.safetensors"))
-    assert list(saved) == ["prompts.context"] and saved["prompts.context"].shape[1] == 32
     loaded = models.load_model(tiny_pair["student"])
-    context = TextContext(loaded.model, loaded.tokenizer)
-    start = context(task.resolve_dataset(f"imagefolder:{image_folder}").classnames).detach()
-    context.load_state_dict({"context": saved["prompts.context"]})
-    learned = context(task.resolve_dataset(f"imagefolder:{image_folder}").classnames).detach().numpy()
+    torch.manual_seed(config.seed)  # as distill seeds the prompts: `start` is the run's own start
+    prompts = TextContext(loaded.model, loaded.tokenizer) if variant == "coop" else \
+        CoupledPrompts(loaded.model, loaded.tokenizer, num_tokens=2, depth=9)
+    assert sorted(saved) == sorted(f"prompts.{k}" for k in prompts.state_dict())
+    names = task.resolve_dataset(f"imagefolder:{image_folder}").classnames
+    start = prompts(names).detach()
+    prompts.load_state_dict({k.removeprefix("prompts."): v for k, v in saved.items()})
+    learned = prompts(names).detach().numpy()
     text_features = np.load(tmp_path / "run" / "embeddings.npz")["text_features"]
-    np.testing.assert_allclose(text_features, learned, atol=1e-5)  # base and new classes, through the context
-    assert np.abs(text_features - start.numpy()).max() > 1e-4  # and the context did train
+    np.testing.assert_allclose(text_features, learned, atol=1e-5)  # base and new classes, through the prompts
+    assert np.abs(text_features - start.numpy()).max() > 1e-4  # and the prompts did train
 
 
 def test_transfer_protocol_evaluates_each_target_among_its_own_classes(image_folder, tiny_pair, tmp_path):

@@ -32,7 +32,7 @@ def _pinned_rows() -> dict[str, dict[str, str]]:
 ROWS = _pinned_rows()
 
 
-VARIANTS = ("kdpl_coop",)  # sections pinned to a config file of a recipe's other official variant
+VARIANTS = ("kdpl_coop", "kdpl_maple")  # sections pinned to a config file of a recipe's other official variant
 
 
 def test_the_table_has_a_section_for_every_recipe_and_ame():

@@ -12,7 +12,7 @@ from workbench import recipes
 from workbench.cache import cached_image_features, model_fingerprint
 from workbench.image_sources import images_to_device, normalize_images
 from workbench.losses import KDLoss, SymmetricKLLoss
-from workbench.prompts import PromptedStudent, TextContext, TextPromptedStudent, VisualPrompts
+from workbench.prompts import CoupledPrompts, PromptedStudent, TextContext, TextPromptedStudent, VisualPrompts
 from workbench.train import GaussianAverage, ModelSelector, OptimConfig, fit
 
 from test_train import _world_like
@@ -149,33 +149,66 @@ def test_deep_text_context_puts_fresh_tokens_before_each_of_the_first_layers(stu
         assert (context(NAMES) - shallow(NAMES)).norm(dim=1).min() > 1e-4
 
 
-def test_kdpl_coop_trains_the_text_context_and_scores_every_class_through_it(student_and_tokenizer):
+def _initial_prompts(variant, student, tokenizer, seed):
+    """The prompts a kdpl run of ``variant`` starts from (distill seeds the recipe's construction)."""
+    torch.manual_seed(seed)
+    return TextContext(student, tokenizer) if variant == "coop" else CoupledPrompts(student, tokenizer, num_tokens=2,
+                                                                                     depth=3)
+
+
+@pytest.mark.parametrize("variant, trained", [("coop", ["context"]),
+                                              ("maple", ["text.context", "text.deep", "couplings.0.weight"])])
+def test_kdpl_text_prompt_variants_train_only_their_prompts_and_score_every_class_through_them(
+        student_and_tokenizer, variant, trained):
     student, tokenizer = copy.deepcopy(student_and_tokenizer[0]), student_and_tokenizer[1]
     before = {k: v.clone() for k, v in student.state_dict().items()}
     images, labels = _world_like()
     vectors = _vectors()
-    settings = recipes.DistillConfig(recipe="kdpl", kdpl_prompts="coop", ame_weight=10.0,
+    shape = {"prompt_tokens": 2, "prompt_depth": 3} if variant == "maple" else {}
+    settings = recipes.DistillConfig(recipe="kdpl", kdpl_prompts=variant, ame_weight=10.0, **shape,
                                      optim=OptimConfig(epochs=4, batch_size=16, lr=0.05, warmup_fraction=0.0))
-    assert settings.resolved().coop_context_init == "a photo of a"
+    assert settings.resolved().text_context_init == "a photo of a"
+    with torch.no_grad():
+        start = _initial_prompts(variant, copy.deepcopy(student), tokenizer, settings.optim.seed)(NAMES)
     result = recipes.distill(student, images, _teacher(labels, vectors), vectors, settings, torch.device("cpu"),
                              train_classes=[0, 1], class_names=NAMES, tokenizer=tokenizer)
-    assert isinstance(result.model, TextPromptedStudent)
-    assert set(result.added_modules) == {"prompts"} and list(result.added_modules["prompts"].state_dict()) == ["context"]
+    assert isinstance(result.model, TextPromptedStudent) and set(result.added_modules) == {"prompts"}
+    saved = list(result.added_modules["prompts"].state_dict())
+    assert set(trained) <= set(saved) and not [k for k in saved if k.startswith(("visual", "transformer"))]
     history = result.history
     assert np.mean([h["symmetric_kl_loss"] for h in history[-3:]]) < np.mean(
         [h["symmetric_kl_loss"] for h in history[:3]])
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())  # the student's weights stay
-    start = TextContext(student, tokenizer)(NAMES).detach()
     learned = result.model.class_vectors(NAMES).detach()
     assert (learned - start).norm(dim=1).min() > 1e-3  # new classes 2 and 3 moved too
+    if variant == "maple":  # the image side moved with the coupled visual prompts
+        plain = student.encode_image(torch.as_tensor(images[:4]).permute(0, 3, 1, 2).float() / 255, normalize=True)
+        prompted = result.model.encode_image(torch.as_tensor(images[:4]).permute(0, 3, 1, 2).float() / 255,
+                                             normalize=True)
+        assert (prompted - plain).norm(dim=1).min() > 1e-3
     with pytest.raises(ValueError, match="needs class_names and the student's tokenizer"):
         recipes.distill(copy.deepcopy(student_and_tokenizer[0]), images, _teacher(labels, vectors), vectors, settings,
                         torch.device("cpu"))
     with pytest.raises(ValueError, match="3 class_names for 4 class vectors"):
         recipes.distill(student, images, _teacher(labels, vectors), vectors, settings, torch.device("cpu"),
                         class_names=NAMES[:3], tokenizer=tokenizer)
-    with pytest.raises(ValueError, match="kdpl_prompts 'coop' with kdpl_top_k > 0"):
-        recipes.DistillConfig(recipe="kdpl", kdpl_prompts="coop", kdpl_top_k=5)
+    with pytest.raises(ValueError, match=f"kdpl_prompts '{variant}' with kdpl_top_k > 0"):
+        recipes.DistillConfig(recipe="kdpl", kdpl_prompts=variant, kdpl_top_k=5)
+
+
+def test_coupled_prompts_map_each_layers_language_prompts_to_its_visual_prompts(student_and_tokenizer):
+    student, tokenizer = copy.deepcopy(student_and_tokenizer[0]), student_and_tokenizer[1]
+    prompts = CoupledPrompts(student, tokenizer, "a photo of a", num_tokens=2, depth=9)
+    assert prompts.depth == 4  # capped at the embedded student's 4 image layers (its text tower has 6)
+    assert prompts.text.num_tokens == 2 and prompts.text.prompts(["red square"]) == ["a photo of a red square."]
+    tokens = prompts.visual_tokens()
+    assert tokens.shape == (4, 2, student.visual.transformer.width)
+    torch.testing.assert_close(tokens[2], prompts.couplings[2](prompts.text.deep[1]))
+    # the deeper maps start as copies of one initialisation (the reference's _get_clones)
+    assert torch.equal(prompts.couplings[1].weight, prompts.couplings[3].weight)
+    assert not torch.equal(prompts.couplings[0].weight, prompts.couplings[1].weight)
+    with pytest.raises(ValueError, match=r"num_tokens must be an int in \[1, 4\]"):
+        TextContext(student, tokenizer, "a photo of a", num_tokens=5)
 
 
 # ------------------------------------------------------------------ recipes × AME

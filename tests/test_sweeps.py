@@ -158,7 +158,7 @@ def test_yaml_spec_overrides_and_shipped_specs(tiny, tmp_path):
     assert ablation.runs()[0].run_id == "config=configs-logit_kd.yaml__shots=1__ame_weight=0__seed=0"
     assert len(shipped["benchmark_11"].runs()) == 11 * 2 * 2 * 3
     table = shipped["recipe_table"]
-    assert len(table.runs()) == 6 * 3 * 2 * 5 and table.in_process
+    assert len(table.runs()) == 7 * 3 * 2 * 5 and table.in_process
     for config in table.grid["config"]:  # every recipe config exists and parses
         assert (sweeps.REPO_ROOT / config).is_file(), config
 

@@ -8,10 +8,14 @@ tokens (VPT-deep). Only ``num_tokens × depth × width`` prompt parameters (plus
 Text context (:class:`TextContext`, CoOp; KDPL's CoOp variant): the word embeddings of a phrase such as
 "a photo of a" become parameters shared by every class; each class vector is the text tower's encoding
 of "<context> <class name>." with those parameters in place of the phrase's words, so it can be
-computed for any class name, including classes never trained on.
+computed for any class name, including classes never trained on. With ``depth > 1`` fresh tokens replace
+the context in the first layers too (PromptSRC's and MaPLe's deep language prompts), and
+:class:`CoupledPrompts` (MaPLe) maps each layer's language prompts to that layer's visual prompts.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -56,36 +60,46 @@ class VisualPrompts(nn.Module):
 
     def encode(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``visual(images)`` with the prompts inserted: pooled, projected image features."""
-        _check_vit(visual)
-        blocks = visual.transformer.resblocks
-        if self.depth > len(blocks):
-            raise ValueError(f"prompt depth {self.depth} exceeds the image tower's {len(blocks)} layers")
-        x = visual.conv1(images)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        x = visual.patch_dropout(x)
-        prompts = self.tokens.to(x.dtype)
-        x = torch.cat([x, prompts[0].expand(x.shape[0], -1, -1)], dim=1)
-        x = visual.ln_pre(x)
-        batch_first = getattr(visual.transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for index, block in enumerate(blocks):
-            if 0 < index < self.depth:
-                fresh = prompts[index].expand(x.shape[0 if batch_first else 1], -1, -1)
-                if batch_first:
-                    x = torch.cat([x[:, :-self.num_tokens], fresh], dim=1)
-                else:
-                    x = torch.cat([x[:-self.num_tokens], fresh.transpose(0, 1)], dim=0)
-            x = block(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        x = x[:, :-self.num_tokens]  # pooling sees the tower's own tokens only, as without prompts
-        pooled, _ = visual._pool(x)
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj
-        return pooled
+        return encode_with_prompts(visual, images, self.tokens)
+
+
+def encode_with_prompts(visual: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``visual(images)`` with deep visual prompts ``tokens`` (depth, num_tokens, width) inserted (VPT-deep).
+
+    The prompts follow the class and patch tokens; before each of the first ``depth`` layers the prompt
+    positions get that layer's tokens. Pooling sees the tower's own tokens only, as without prompts.
+    """
+    _check_vit(visual)
+    blocks = visual.transformer.resblocks
+    depth, num_tokens = tokens.shape[0], tokens.shape[1]
+    if depth > len(blocks):
+        raise ValueError(f"prompt depth {depth} exceeds the image tower's {len(blocks)} layers")
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    prompts = tokens.to(x.dtype)
+    x = torch.cat([x, prompts[0].expand(x.shape[0], -1, -1)], dim=1)
+    x = visual.ln_pre(x)
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for index, block in enumerate(blocks):
+        if 0 < index < depth:
+            fresh = prompts[index].expand(x.shape[0 if batch_first else 1], -1, -1)
+            if batch_first:
+                x = torch.cat([x[:, :-num_tokens], fresh], dim=1)
+            else:
+                x = torch.cat([x[:-num_tokens], fresh.transpose(0, 1)], dim=0)
+        x = block(x)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    x = x[:, :-num_tokens]  # pooling sees the tower's own tokens only, as without prompts
+    pooled, _ = visual._pool(x)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled
 
 
 def mlp_projector(in_width: int, out_width: int) -> nn.Module:
@@ -189,9 +203,13 @@ class TextContext(nn.Module):
         PromptSRC's deep language prompts (zhengli97/PromptKD ``trainers/promptsrc.py``, depth 9) replace the
         context positions' hidden states with fresh learnable tokens (N(0, 0.02²)) before each of the next
         ``depth - 1`` layers. Capped at the tower's layer count.
+    num_tokens : int, optional
+        Learn only the first ``num_tokens`` of the phrase's tokens; the rest stay words of the prompt (MaPLe's
+        2 of "a photo of a"). Default: all of them (CoOp's).
     """
 
-    def __init__(self, model: nn.Module, tokenizer, init: str = "a photo of a", depth: int = 1):
+    def __init__(self, model: nn.Module, tokenizer, init: str = "a photo of a", depth: int = 1,
+                 num_tokens: int | None = None):
         super().__init__()
         if not isinstance(init, str) or not init.strip():
             raise ValueError(f"init must be a non-empty phrase, got {init!r}")
@@ -201,10 +219,14 @@ class TextContext(nn.Module):
         self.tokenizer, self.init = tokenizer, " ".join(init.split())
         self._tower = [model]  # a list keeps the tower out of this module's parameters and state_dict
         tokens = tokenizer([self.init])
-        used = int((tokens[0] != self._pad_id).sum())
-        self.num_tokens = used - 2  # between the start and end tokens
-        if self.num_tokens < 1:
+        phrase_tokens = int((tokens[0] != self._pad_id).sum()) - 2  # between the start and end tokens
+        if phrase_tokens < 1:
             raise ValueError(f"context phrase {init!r} has no tokens")
+        if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, int)
+                                       or not 1 <= num_tokens <= phrase_tokens):
+            raise ValueError(f"num_tokens must be an int in [1, {phrase_tokens}] (the tokens of {init!r}), "
+                             f"got {num_tokens!r}")
+        self.num_tokens = num_tokens or phrase_tokens
         with torch.no_grad():
             words = self._embed(tokens.to(self._device))[0, 1:1 + self.num_tokens]
         self.context = nn.Parameter(words.detach().clone().float())
@@ -305,26 +327,61 @@ class TextContext(nn.Module):
         return F.normalize(features.float(), dim=-1)
 
 
-class TextPromptedStudent(nn.Module):
-    """A student CLIP whose class vectors come from a learned :class:`TextContext`; its weights are frozen.
+class CoupledPrompts(nn.Module):
+    """MaPLe's multi-modal prompts: deep language prompts, and deep visual prompts coupled to them.
 
-    Behaves like an open_clip model for evaluation (``encode_image``, ``logit_scale``) and adds
-    ``class_vectors(class_names)``, which evaluation uses in place of the hand-written prompts' vectors.
+    Matched to miccunifi/KDPL ``src/trainers/maple.py`` (``MultiModalPromptLearner``) and
+    ``src/configs/trainers/MaPLe_KDPL/vit_b32_c2_ep5_batch4_2ctx.yaml``: a :class:`TextContext` of
+    ``num_tokens`` tokens (2 of "a photo of a") with ``depth`` layers of language prompts (9), and for each of
+    those layers one Linear map from the text width to the image tower's width, whose output is that layer's
+    visual prompt tokens. The maps of the deeper layers start as copies of one initialisation, as the
+    reference's ``_get_clones`` makes them. Both towers get prompts in the same first ``depth`` layers
+    (capped at the shallower tower).
     """
 
-    def __init__(self, student: nn.Module, tokenizer, init: str = "a photo of a"):
+    def __init__(self, model: nn.Module, tokenizer, init: str = "a photo of a", num_tokens: int = 2, depth: int = 9):
+        super().__init__()
+        _check_vit(model.visual)
+        depth = min(depth, len(model.visual.transformer.resblocks))
+        self.text = TextContext(model, tokenizer, init, depth=depth, num_tokens=num_tokens)
+        self.depth = self.text.depth
+        text_width, image_width = self.text.context.shape[1], model.visual.transformer.width
+        deeper = nn.Linear(text_width, image_width)
+        self.couplings = nn.ModuleList([nn.Linear(text_width, image_width)]
+                                       + [copy.deepcopy(deeper) for _ in range(self.depth - 1)])
+
+    def visual_tokens(self) -> torch.Tensor:
+        """``(depth, num_tokens, image width)``: each layer's visual prompts, mapped from its language prompts."""
+        text = [self.text.context] + ([] if self.text.deep is None else list(self.text.deep))
+        return torch.stack([coupling(tokens) for coupling, tokens in zip(self.couplings, text)])
+
+    def forward(self, class_names) -> torch.Tensor:
+        return self.text(class_names)
+
+
+class TextPromptedStudent(nn.Module):
+    """A frozen student CLIP whose class vectors come from learned prompts: CoOp's or MaPLe's.
+
+    ``prompts`` is a :class:`TextContext` (CoOp: the image tower runs as it is) or a :class:`CoupledPrompts`
+    (MaPLe: the image tower also gets the visual prompts coupled to the language prompts). Behaves like an
+    open_clip model for evaluation (``encode_image``, ``logit_scale``) and adds ``class_vectors(class_names)``,
+    which evaluation uses in place of the hand-written prompts' vectors.
+    """
+
+    def __init__(self, student: nn.Module, prompts: nn.Module):
         super().__init__()
         for p in student.parameters():
             p.requires_grad_(False)
         self.visual = student.visual
-        self.prompts = TextContext(student, tokenizer, init)
+        self.prompts = prompts
         self.register_buffer("logit_scale", student.logit_scale.detach().clone())
 
     def trainable(self) -> list[nn.Module]:
         return [self.prompts]
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.visual(images)
+        coupled = getattr(self.prompts, "visual_tokens", None)
+        features = self.visual(images) if coupled is None else encode_with_prompts(self.visual, images, coupled())
         return F.normalize(features, dim=-1) if normalize else features
 
     def class_vectors(self, class_names) -> torch.Tensor:

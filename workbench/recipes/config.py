@@ -13,8 +13,8 @@ from .registry import RECIPES, REGISTRY, recipe_class
 TEACHER_MODES = ("cached", "live")
 PROJECTORS = ("mlp", "linear")  # PromptKD's projector: two-layer MLP with BatchNorm (official) or one Linear
 STUDENT_SCALES = ("own", "teacher")  # logit scale of the student's logits in PromptKD
-# what KDPL trains: deep visual prompts (official VPT variant), CoOp text context (official CoOp variant), or the tower
-KDPL_PROMPTS = ("vpt", "coop", "image_tower")
+# what KDPL trains: deep visual prompts (VPT variant), CoOp's text context, MaPLe's coupled prompts, or the tower
+KDPL_PROMPTS = ("vpt", "coop", "maple", "image_tower")
 
 
 @dataclass
@@ -37,12 +37,12 @@ class DistillConfig:
     feature_weight: float | None = None  # multiplier of the feature term (CLIP-KD: 2000)
     logit_kd_weight: float | None = None  # logit KD added to feature matching (CLIP-KD's FD: none)
     # recipe: kdpl
-    kdpl_prompts: str | None = None  # "vpt": deep visual prompts; "coop": CoOp's text context; "image_tower"
+    kdpl_prompts: str | None = None  # "vpt" visual prompts; "coop" text context; "maple" both, coupled; "image_tower"
     kdpl_top_k: int | None = None  # >0: class-agnostic, each batch distilled over the teacher's top-K names
     kdpl_vocabulary: str | None = None  # class-agnostic: file of generic class names, one per line
-    coop_context_init: str | None = None  # kdpl_prompts "coop": the words the shared context starts as
+    text_context_init: str | None = None  # kdpl_prompts "coop"/"maple": the words the shared context starts as
     # recipe: promptkd and kdpl (visual prompts)
-    prompt_tokens: int | None = None  # learnable visual prompt tokens per layer
+    prompt_tokens: int | None = None  # learnable prompt tokens per layer (MaPLe: of the text context)
     prompt_depth: int | None = None  # layers receiving prompts (capped at the tower's depth)
     prompt_init_std: float | None = None  # prompts start as N(0, std²)
     # recipe: promptkd
@@ -99,14 +99,14 @@ class DistillConfig:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if self.kdpl_vocabulary is not None and not (isinstance(self.kdpl_vocabulary, str) and self.kdpl_vocabulary):
             raise ValueError(f"kdpl_vocabulary must be a file path, got {self.kdpl_vocabulary!r}")
-        if self.coop_context_init is not None and not (isinstance(self.coop_context_init, str)
-                                                       and self.coop_context_init.strip()):
-            raise ValueError(f"coop_context_init must be a non-empty phrase (e.g. 'a photo of a'), "
-                             f"got {self.coop_context_init!r}")
-        if self.kdpl_prompts == "coop" and self.kdpl_top_k:
-            raise ValueError("kdpl_prompts 'coop' with kdpl_top_k > 0 (class-agnostic KDPL over a generic "
-                             "vocabulary) is not built: the text context would have to encode the vocabulary's "
-                             "names every step; use kdpl_prompts 'vpt' for class-agnostic KDPL")
+        if self.text_context_init is not None and not (isinstance(self.text_context_init, str)
+                                                       and self.text_context_init.strip()):
+            raise ValueError(f"text_context_init must be a non-empty phrase (e.g. 'a photo of a'), "
+                             f"got {self.text_context_init!r}")
+        if self.kdpl_prompts in ("coop", "maple") and self.kdpl_top_k:
+            raise ValueError(f"kdpl_prompts {self.kdpl_prompts!r} with kdpl_top_k > 0 (class-agnostic KDPL over a "
+                             "generic vocabulary) is not built: the text context would have to encode the "
+                             "vocabulary's names every step; use kdpl_prompts 'vpt' for class-agnostic KDPL")
 
     @staticmethod
     def layer_defaults(data: dict) -> dict:

@@ -17,6 +17,9 @@ most probable on average over the batch. The vocabulary must not contain the tas
 is frozen and CoOp's shared text context trains (initialised from "a photo of a", class name at the
 end), so the class vectors, not the image features, move; new classes are scored with the learned
 context around their own names. Its optimiser settings differ from the VPT variant's: ``configs/kdpl_coop.yaml``.
+``kdpl_prompts: maple`` is the MaPLe variant (``src/trainers/maple_kdpl.py``): deep language prompts (2 tokens of
+"a photo of a", 9 layers) and visual prompts coupled to them (:class:`workbench.prompts.CoupledPrompts`);
+``configs/kdpl_maple.yaml`` holds its token count, depth and optimiser.
 ``kdpl_prompts: image_tower`` trains the whole image tower instead of prompts (not the reference's).
 """
 
@@ -25,16 +28,19 @@ from __future__ import annotations
 import torch
 
 from ..losses import SymmetricKLLoss
-from ..prompts import PromptedStudent, TextPromptedStudent
+from ..prompts import CoupledPrompts, PromptedStudent, TextContext, TextPromptedStudent
 from .base import Recipe, StepOutput
 from .logit_kd import weighted
+
+
+TEXT_PROMPTS = ("coop", "maple")  # variants whose class vectors come from learned prompts
 
 
 class KDPL(Recipe):
     name = "kdpl"
     defaults = {"temperature": 1.0, "kd_weight": 1.0, "kd_reduction": "batchmean", "kdpl_prompts": "vpt",
                 "kdpl_top_k": 0, "kdpl_vocabulary": None, "prompt_tokens": 8, "prompt_depth": 12,
-                "prompt_init_std": 0.02, "coop_context_init": "a photo of a"}
+                "prompt_init_std": 0.02, "text_context_init": "a photo of a"}
     # The embedded world's generic names (data_manifests/vocabularies/embedded_generic.txt); a real dataset
     # needs a dictionary of its own (the reference's 20,930 names are not shipped here).
     dataset_defaults = {"embedded_world": {"kdpl_vocabulary": "embedded_generic"}}
@@ -49,11 +55,15 @@ class KDPL(Recipe):
             depth = min(config.prompt_depth, len(student.visual.transformer.resblocks))
             self.model = PromptedStudent(student, context.student_width, float(self.scale), config.prompt_tokens,
                                          depth, config.prompt_init_std, projector="none").to(context.device)
-        elif config.kdpl_prompts == "coop":
+        elif config.kdpl_prompts in TEXT_PROMPTS:
             if context.class_names is None or context.tokenizer is None:
-                raise ValueError("kdpl_prompts 'coop' encodes class names with the student's text tower: distill "
-                                 "needs class_names and the student's tokenizer")
-            self.model = TextPromptedStudent(student, context.tokenizer, config.coop_context_init).to(context.device)
+                raise ValueError(f"kdpl_prompts {config.kdpl_prompts!r} encodes class names with the student's text "
+                                 "tower: distill needs class_names and the student's tokenizer")
+            prompts = TextContext(student, context.tokenizer, config.text_context_init) \
+                if config.kdpl_prompts == "coop" else \
+                CoupledPrompts(student, context.tokenizer, config.text_context_init, config.prompt_tokens,
+                               config.prompt_depth)
+            self.model = TextPromptedStudent(student, prompts).to(context.device)
             self.train_names = [context.class_names[int(i)] for i in context.classes]
         self.kd = SymmetricKLLoss(config.temperature, reduction=config.kd_reduction)
         self.vocabulary = self.student_vocabulary = None
@@ -74,7 +84,7 @@ class KDPL(Recipe):
         return self.model.trainable() if self.config.kdpl_prompts != "image_tower" else [self.context.student.visual]
 
     def score_vectors(self):
-        if self.config.kdpl_prompts != "coop":
+        if self.config.kdpl_prompts not in TEXT_PROMPTS:
             return super().score_vectors()
         with torch.no_grad():
             return self.model.class_vectors(self.context.class_names)
@@ -82,7 +92,7 @@ class KDPL(Recipe):
     def step(self, teacher_features, pixels, indices) -> StepOutput:
         features = self.model.encode_image(pixels, normalize=True)
         if self.vocabulary is None:
-            rows = self.model.class_vectors(self.train_names) if self.config.kdpl_prompts == "coop" \
+            rows = self.model.class_vectors(self.train_names) if self.config.kdpl_prompts in TEXT_PROMPTS \
                 else self.context.student_train_vectors
             teacher_logits = self.context.teacher_logits(teacher_features, self.scale)
         else:
