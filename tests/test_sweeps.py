@@ -265,7 +265,8 @@ def test_report_reads_the_training_dynamics_of_the_on_runs(sweep, tmp_path):
     report = build_report(copy, report_dir=tmp_path / "report")
     assert report["dynamics"] == [{"w": 5, "runs": 2, "entropy_first": 3.5, "entropy_last": 1.5,
                                    "ame_share_median": 0.125, "ame_share_max": 2.0}]  # shares 0.25, 0, 2, 0
-    assert read_csv(report["dynamics_csv"])[0]["ame_share_max"] == "2.0"
+    row = read_csv(report["dynamics_csv"])[0]
+    assert row["ame_share_max"] == "2.0" and row["ame_share_median"] == "0.125"  # plain numbers, not numpy reprs
     assert "**Training dynamics** of the w = 5 runs" in report["markdown"].read_text()
     assert "Training dynamics of the w = 5 runs" in report["html"].read_text()
     plain = build_report(output, report_dir=tmp_path / "plain")  # no logs: no section, no file

@@ -56,7 +56,7 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))  # numpy's float64 is a float whose repr is "np.float64(...)"
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)

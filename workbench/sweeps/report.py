@@ -163,7 +163,7 @@ def training_dynamics(output: str | os.PathLike, records: list[dict], groups: li
         rows.append({**{g: json.loads(v) for g, v in zip(groups, key)}, settings.sweep: settings.on_value,
                      "runs": len(pushes), "entropy_first": sum(first) / len(first) if first else math.nan,
                      "entropy_last": sum(last) / len(last) if last else math.nan,
-                     f"{term}_share_median": statistics.median(shares),
+                     f"{term}_share_median": float(statistics.median(shares)),
                      f"{term}_share_max": float(max(shares))})
     return rows
 
