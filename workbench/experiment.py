@@ -316,7 +316,7 @@ def evaluate_set(result, teacher, evaluation, teacher_cache: Path, device: torch
 
     own = evaluation.student_vectors if evaluation.student_vectors is not None else evaluation.teacher_vectors
     vectors = (evaluation.teacher_vectors if result.scores_in_teacher_space else own).float().cpu()
-    if hasattr(result.model, "class_vectors"):  # learned text context (KDPL's CoOp): the set's own names through it
+    if hasattr(result.model, "class_vectors"):  # learned text prompts (KDPL's CoOp, MaPLe): the set's own names
         with torch.no_grad():
             vectors = result.model.class_vectors(list(evaluation.class_names)).float().cpu()
     features, logits, kept = predict_source(result.model, evaluation.student_images, vectors, device=device)

@@ -33,6 +33,31 @@ from .base import Recipe, StepOutput
 from .logit_kd import weighted
 
 
+def _needs_names(context, variant: str) -> None:
+    if context.class_names is None or context.tokenizer is None:
+        raise ValueError(f"kdpl_prompts {variant!r} encodes class names with the student's text tower: distill "
+                         "needs class_names and the student's tokenizer")
+
+
+def _vpt_student(student, context, config, scale: float):
+    depth = min(config.prompt_depth, len(student.visual.transformer.resblocks))
+    return PromptedStudent(student, context.student_width, scale, config.prompt_tokens, depth,
+                           config.prompt_init_std, projector="none")
+
+
+def _coop_student(student, context, config, scale: float):
+    _needs_names(context, "coop")
+    return TextPromptedStudent(student, TextContext(student, context.tokenizer, config.text_context_init))
+
+
+def _maple_student(student, context, config, scale: float):
+    _needs_names(context, "maple")
+    return TextPromptedStudent(student, CoupledPrompts(student, context.tokenizer, config.text_context_init,
+                                                       config.prompt_tokens, config.prompt_depth))
+
+
+# kdpl_prompts -> the prompted student it trains ("image_tower" trains the student itself)
+PROMPTED_STUDENTS = {"vpt": _vpt_student, "coop": _coop_student, "maple": _maple_student}
 TEXT_PROMPTS = ("coop", "maple")  # variants whose class vectors come from learned prompts
 
 
@@ -51,19 +76,10 @@ class KDPL(Recipe):
         super().__init__(context)
         config, student = self.config, context.student
         self.scale = student.logit_scale.detach().exp()
-        if config.kdpl_prompts == "vpt":
-            depth = min(config.prompt_depth, len(student.visual.transformer.resblocks))
-            self.model = PromptedStudent(student, context.student_width, float(self.scale), config.prompt_tokens,
-                                         depth, config.prompt_init_std, projector="none").to(context.device)
-        elif config.kdpl_prompts in TEXT_PROMPTS:
-            if context.class_names is None or context.tokenizer is None:
-                raise ValueError(f"kdpl_prompts {config.kdpl_prompts!r} encodes class names with the student's text "
-                                 "tower: distill needs class_names and the student's tokenizer")
-            prompts = TextContext(student, context.tokenizer, config.text_context_init) \
-                if config.kdpl_prompts == "coop" else \
-                CoupledPrompts(student, context.tokenizer, config.text_context_init, config.prompt_tokens,
-                               config.prompt_depth)
-            self.model = TextPromptedStudent(student, prompts).to(context.device)
+        if config.kdpl_prompts in PROMPTED_STUDENTS:
+            build = PROMPTED_STUDENTS[config.kdpl_prompts]
+            self.model = build(student, context, config, float(self.scale)).to(context.device)
+        if config.kdpl_prompts in TEXT_PROMPTS:
             self.train_names = [context.class_names[int(i)] for i in context.classes]
         self.kd = SymmetricKLLoss(config.temperature, reduction=config.kd_reduction)
         self.vocabulary = self.student_vocabulary = None
@@ -81,7 +97,7 @@ class KDPL(Recipe):
                 else context.student_vocabulary.to(context.device).float()
 
     def trainable(self):
-        return self.model.trainable() if self.config.kdpl_prompts != "image_tower" else [self.context.student.visual]
+        return [self.context.student.visual] if self.model is self.context.student else self.model.trainable()
 
     def score_vectors(self):
         if self.config.kdpl_prompts not in TEXT_PROMPTS:
@@ -103,4 +119,4 @@ class KDPL(Recipe):
         return StepOutput(weighted(terms, self.config.kd_weight), features, rows)
 
     def modules_to_save(self):
-        return {"prompts": self.model.prompts} if self.config.kdpl_prompts != "image_tower" else {}
+        return {} if self.model is self.context.student else {"prompts": self.model.prompts}
