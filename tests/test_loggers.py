@@ -15,7 +15,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from workbench.experiment import ExperimentConfig, experiment_config, run_experiment
 from workbench.loggers import DEFAULT_LOGGERS, check_loggers, scalar_tag, tag_hparams
-from workbench.train import ModelSelector, OptimConfig, fit
+from workbench.selection import ModelSelector
+from workbench.train import OptimConfig, fit
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,8 @@ from workbench.cache import cached_image_features, model_fingerprint
 from workbench.image_sources import images_to_device, normalize_images
 from workbench.losses import KDLoss, SymmetricKLLoss
 from workbench.prompts import CoupledPrompts, PromptedStudent, TextContext, TextPromptedStudent, VisualPrompts
-from workbench.train import GaussianAverage, ModelSelector, OptimConfig, fit
+from workbench.selection import GaussianAverage, ModelSelector
+from workbench.train import OptimConfig, fit
 
 from test_train import _world_like
 

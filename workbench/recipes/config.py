@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass
 
 from ..losses import AME_VARIANTS, FEATURE_DISTANCES, IMAGE_PROJECTIONS, KD_REDUCTIONS
-from ..train import SELECTION_POLICIES, OptimConfig
+from ..selection import SELECTION_POLICIES
+from ..train import OptimConfig
 from .registry import RECIPES, REGISTRY, recipe_class
 
 TEACHER_MODES = ("cached", "live")

@@ -11,7 +11,8 @@ from torch import nn
 
 from ..image_sources import ViewAdapter, as_source
 from ..losses import AMELoss
-from ..train import ModelSelector, fit
+from ..selection import ModelSelector
+from ..train import fit
 from .base import DistillContext, TeacherTargets
 from .registry import recipe_class
 from .config import DistillConfig

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..prompts import PromptedStudent, TextContext
-from ..train import GaussianAverage, OptimConfig, encode_images, fit, result_settings
+from ..selection import GaussianAverage
+from ..train import OptimConfig, encode_images, fit, result_settings
 
 
 def _promptsrc_optim() -> OptimConfig:
