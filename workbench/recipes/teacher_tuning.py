@@ -96,18 +96,11 @@ class TunedTeacher(nn.Module):
             p.requires_grad_(False)
         self.text = TextContext(teacher, tokenizer, config.text_context_init, config.text_prompt_depth)
         self.visual = self.image.visual
+        self.prompts = nn.ModuleDict({"image": self.image.prompts, "text": self.text})  # what trains and is cached
         self.register_buffer("logit_scale", teacher.logit_scale.detach().clone())
 
     def trainable(self) -> list[nn.Module]:
-        return [self.image.prompts, self.text]
-
-    def prompt_state(self) -> dict:
-        return {**{f"image.{k}": v for k, v in self.image.prompts.state_dict().items()},
-                **{f"text.{k}": v for k, v in self.text.state_dict().items()}}
-
-    def load_prompt_state(self, state: dict) -> None:
-        self.image.prompts.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("image.")})
-        self.text.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
+        return [self.prompts]
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         return self.image.encode_image(images, normalize=normalize)
@@ -190,12 +183,12 @@ def load_or_tune_teacher(teacher, images, labels, class_vectors: torch.Tensor, c
     weights, log = folder / f"{key}.safetensors", folder / f"{key}.log.jsonl"
     if weights.is_file():
         model = _tuned(teacher, tokenizer, config, device)
-        model.load_prompt_state(load_file(str(weights)))
+        model.prompts.load_state_dict(load_file(str(weights)))
         return model.eval(), {"key": key, "from_cache": True, "log": str(log)}
     folder.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
     model = tune_teacher(teacher, source, labels, class_vectors, class_names, tokenizer, config, device, log_path=log)
     tmp = weights.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.prompt_state().items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.prompts.state_dict().items()}, str(tmp))
     tmp.replace(weights)  # complete or absent: a crash never leaves a half-written tuned teacher
     return model, {"key": key, "from_cache": False, "log": str(log)}
